@@ -1,0 +1,4 @@
+"""Offline packing of Galaxy Zoo 2 into tier-split webdataset shards.
+
+Imports neither torch nor DALI: the manifest written by `pack` is the only contract with `gzfast`.
+"""
