@@ -1,0 +1,175 @@
+"""Loaders on CPU: the batch contract, eval agreement, exactly-once, tier mixing, determinism."""
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from gzfast.curriculum import split_shards
+from gzfast.data import IMAGENET_MEAN, IMAGENET_STD, LoaderError, interleave_tiers, make_loader
+from shard_tools import schema
+from shard_tools.pack import load_manifest
+
+from conftest import csv_labels
+
+CPU_LOADERS = ["dali-cpu", "pil"]
+STD255 = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+
+
+def manifest_of(out):
+    m = load_manifest(out)
+    m["root"] = str(out)
+    return m
+
+
+def collect(loader):
+    images, labels, ids = [], [], []
+    for b in loader:
+        images.append(b.images.clone())
+        labels.append(None if b.labels is None else b.labels.clone())
+        ids.append(b.ids.clone())
+    return images, labels, ids
+
+
+@pytest.mark.parametrize("name", CPU_LOADERS)
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_contract(name, train, synth_data, synth_shards):
+    m = manifest_of(synth_shards)
+    labels_by_id = csv_labels(synth_data / "training_solutions_rev1.csv")
+    loader = make_loader(name, split_shards(m, "train" if train else "val"), train=train, batch_size=8,
+                         image_size=64, crop_size=96, workers=2)
+    n = 0
+    for i, b in enumerate(loader):
+        assert b.images.shape == (len(b), 3, 64, 64) and b.images.dtype == torch.float32
+        assert b.images.is_contiguous(memory_format=torch.channels_last) and b.images.stride()[1] == 1
+        lo = min((0 - mu) / sd for mu, sd in zip(IMAGENET_MEAN, IMAGENET_STD))
+        hi = max((1 - mu) / sd for mu, sd in zip(IMAGENET_MEAN, IMAGENET_STD))
+        assert lo - 1e-4 <= b.images.min() and b.images.max() <= hi + 1e-4
+        assert b.images.std() > 0.05  # not a blank tensor
+        assert b.ids.dtype == torch.int64 and b.labels.dtype == torch.float32 and b.labels.shape == (len(b), 37)
+        for gid, lab in zip(b.ids.tolist(), b.labels.numpy()):
+            assert lab.tobytes() == labels_by_id[gid].tobytes()
+        if train:
+            assert len(b) == 8  # partial batch dropped
+        n += 1
+    assert n == len(loader) > 0
+
+
+@pytest.mark.parametrize("name", CPU_LOADERS)
+def test_test_shards_have_no_labels(name, real_shards):
+    loader = make_loader(name, split_shards(manifest_of(real_shards), "test"), train=False, batch_size=50,
+                         image_size=32, workers=1)
+    _, labels, ids = collect(loader)
+    assert all(lab is None for lab in labels)
+    assert sum(len(i) for i in ids) == 146
+
+
+def test_eval_outputs_agree_between_dali_and_pil_on_real_jpegs(real_shards):
+    paths = split_shards(manifest_of(real_shards), "test")
+    out = {}
+    for name in CPU_LOADERS:
+        imgs, _, ids = collect(make_loader(name, paths, train=False, batch_size=16, workers=1))
+        out[name] = {int(g): im for batch_i, batch_g in zip(imgs, ids) for g, im in zip(batch_g, batch_i)}
+    assert out["dali-cpu"].keys() == out["pil"].keys() and len(out["pil"]) == 146
+    worst = 0.0
+    for gid, a in out["dali-cpu"].items():
+        diff = ((a - out["pil"][gid]).unsqueeze(0) * STD255).abs().mean().item()  # in 0-255 pixel units
+        worst = max(worst, diff)
+    assert worst <= 1.0, worst
+
+
+@pytest.mark.parametrize("name", CPU_LOADERS)
+def test_eval_reads_every_sample_exactly_once_on_one_and_two_ranks(name, synth_shards):
+    m = manifest_of(synth_shards)
+    paths = split_shards(m, "train") + split_shards(m, "val")
+    expected = sum(s["samples"] for s in m["shards"] if s["split"] != "test")
+    one = collect(make_loader(name, paths, train=False, batch_size=16, workers=2))[2]
+    ids_one = torch.cat(one).tolist()
+    assert len(ids_one) == len(set(ids_one)) == expected
+    per_rank = []
+    for rank in range(2):
+        loader = make_loader(name, paths, train=False, batch_size=16, rank=rank, world_size=2, workers=2)
+        batches = collect(loader)[2]
+        assert len(loader) == len(batches)
+        per_rank.append(torch.cat(batches).tolist())
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(ids_one)
+
+
+@pytest.mark.parametrize("name", CPU_LOADERS)
+def test_train_ranks_get_disjoint_equal_length_slices(name, synth_shards):
+    paths = split_shards(manifest_of(synth_shards), "train")
+    loaders = [make_loader(name, paths, train=True, batch_size=8, rank=r, world_size=2, image_size=32, workers=1)
+               for r in range(2)]
+    assert len(loaders[0]) == len(loaders[1])
+    ids = [torch.cat(collect(lo)[2]).tolist() for lo in loaders]
+    assert len(ids[0]) == len(ids[1]) == 8 * len(loaders[0])
+    if name == "dali-cpu":  # sample-level split; the PIL baseline splits by shard and may wrap a short rank
+        assert not set(ids[0]) & set(ids[1])
+
+
+@pytest.mark.parametrize("name", CPU_LOADERS)
+def test_tiers_are_mixed_from_the_start_of_an_epoch(name, synth_shards):
+    m = manifest_of(synth_shards)
+    tier_of_id = {}
+    for s in m["shards"]:
+        if s["split"] == "train":
+            from conftest import read_shard_samples
+            for key in read_shard_samples(synth_shards / s["path"]):
+                tier_of_id[int(key)] = s["tier"]
+    whole = Counter(tier_of_id.values())
+    loader = make_loader(name, split_shards(m, "train"), train=True, batch_size=4, image_size=32, seed=3, workers=1)
+    first = []
+    for b in loader:
+        first += b.ids.tolist()
+        if len(first) >= 0.2 * len(tier_of_id):
+            break
+    share = Counter(tier_of_id[g] for g in first)
+    for t in schema.TIERS:
+        assert abs(share[t] / len(first) - whole[t] / len(tier_of_id)) <= 0.10, (t, share, whole)
+
+
+def test_interleave_keeps_every_tier_spread_out():
+    paths = [f"/x/train/high/h{i}.tar" for i in range(9)] + [f"/x/train/low/l{i}.tar" for i in range(3)]
+    order = interleave_tiers(paths, seed=1, epoch=0)
+    assert sorted(order) == sorted(paths)
+    lows = [i for i, p in enumerate(order) if "/low/" in p]
+    assert max(np.diff(lows)) <= 5  # one low shard in every ~4
+    assert interleave_tiers(paths, 1, 0) == order and interleave_tiers(paths, 1, 1) != order
+
+
+def test_same_seed_and_epoch_give_the_same_stream(synth_shards):
+    paths = split_shards(manifest_of(synth_shards), "train")
+    def first_batches(epoch):
+        loader = make_loader("dali-cpu", paths, train=True, batch_size=8, image_size=32, seed=5, epoch=epoch, workers=2)
+        imgs, _, ids = collect(loader)
+        return torch.cat(imgs[:3]), torch.cat(ids).tolist()
+    a_img, a_ids = first_batches(0)
+    b_img, b_ids = first_batches(0)
+    c_img, c_ids = first_batches(1)
+    assert a_ids == b_ids and torch.equal(a_img, b_img)
+    assert a_ids != c_ids and sorted(a_ids) != a_ids  # another epoch reshuffles; the order is shuffled
+
+
+def test_train_mode_augments_and_eval_does_not(real_shards):
+    paths = split_shards(manifest_of(real_shards), "train")
+    def image_of(train, epoch):
+        loader = make_loader("pil", paths, train=train, batch_size=1, image_size=64, seed=0, epoch=epoch, workers=0)
+        return {int(b.ids[0]): b.images[0].clone() for b in loader}
+    e0, e0b, t0, t1 = image_of(False, 0), image_of(False, 1), image_of(True, 0), image_of(True, 1)
+    for gid in e0:
+        assert torch.equal(e0[gid], e0b[gid])       # eval: center crop only, every epoch the same
+        assert not torch.equal(t0[gid], t1[gid])    # train: rotation/flip differ between epochs
+
+
+def test_bad_requests_fail_clearly(synth_shards, tmp_path):
+    m = manifest_of(synth_shards)
+    with pytest.raises(LoaderError, match="unknown loader"):
+        make_loader("ffcv", split_shards(m, "val"), train=False, batch_size=4)
+    with pytest.raises(LoaderError, match="index missing"):
+        make_loader("pil", [str(tmp_path / "nope.tar")], train=False, batch_size=4)
+    with pytest.raises(LoaderError, match="mixes labelled"):
+        make_loader("pil", split_shards(m, "val") + split_shards(m, "test"), train=False, batch_size=4)
+    if not torch.cuda.is_available():
+        with pytest.raises(LoaderError, match="dali-cpu or pil"):
+            make_loader("dali-gpu", split_shards(m, "val"), train=False, batch_size=4)
