@@ -1,7 +1,9 @@
 # gzfast: the README's commands. Each target installs what it needs into .venv first.
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
+# What targets need installed first; `INSTALL=` (with PY=...) runs them in an existing environment.
+INSTALL ?= $(VENV)/.installed
 OUT ?= data/shards
 SYNTH ?= data/synthetic
 # Empty DATA: synthesize a GZ2-like set into $(SYNTH) first.
@@ -9,6 +11,9 @@ DATA ?=
 N_TRAIN ?= 4000
 N_TEST ?= 500
 PYTEST_ARGS ?=
+# The main job: a small CPU configuration with the curriculum; RUN_ARGS adds or overrides flags.
+RUN_CONFIG ?= gzfast/configs/cpu_small.yaml
+RUN_ARGS ?=
 
 .PHONY: venv shards verify test run clean
 
@@ -18,9 +23,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(INSTALL)
 
-shards: venv
+shards: $(INSTALL)
 ifeq ($(strip $(DATA)),)
 	$(PY) -m shard_tools synth --out $(SYNTH) --n-train $(N_TRAIN) --n-test $(N_TEST) --seed 0
 	$(PY) -m shard_tools pack --data $(SYNTH) --out $(OUT)
@@ -28,11 +33,15 @@ else
 	$(PY) -m shard_tools pack --data $(DATA) --out $(OUT)
 endif
 
-verify: venv
+verify: $(INSTALL)
 	$(PY) -m shard_tools verify $(OUT) --decode
 
-test: venv
+test: $(INSTALL)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+run: shards
+	$(PY) -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no \
+		--dynamo_backend no gzfast/train.py --config $(RUN_CONFIG) --curriculum --shards $(OUT) $(RUN_ARGS)
 
 clean:
 	rm -rf data runs

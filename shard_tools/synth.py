@@ -27,6 +27,8 @@ from .schema import COLUMNS, CSV_HEADER
 
 SIZE = 424
 _NOISE_BANK = 768  # side of the per-process pre-drawn sky-noise field; images take random windows of it
+_STRETCH_Q = 30.0  # asinh softening, in flux units
+_STRETCH_MAX = 2048
 
 # RGB tints of SDSS gri composites: old stellar light is yellow-white, star-forming arms are bluer.
 _OLD = np.array([1.0, 0.86, 0.66], np.float32)
@@ -58,7 +60,9 @@ def sample_morphology(rng: np.random.Generator) -> dict:
         choices = ["ring", "lens", "disturbed", "irregular", "merger"] + (["dust"] if m["kind"] == "edgeon" else [])
         odd = str(rng.choice(choices))
     m["odd"] = odd
-    m["doubt"] = float(rng.beta(1.0, 3.5))  # how much "anything odd?" doubt this image raises
+    # Foreground stars close to the galaxy make volunteers wonder whether something is odd (Q6), visibly.
+    m["near_stars"] = int(rng.choice([0, 0, 0, 0, 1, 1, 2, 3]))
+    m["doubt"] = float(rng.beta(1.0, 3.0))  # the part of that doubt no pixel explains
     return m
 
 
@@ -83,17 +87,17 @@ def vote_probabilities(m: dict, clarity: float) -> dict[int, np.ndarray]:
             }.get(kind, np.array([1 - c, c, 0.0]))
     p[1] = p[1] * 0.995 + 0.005 / 3  # a few voters always click "star or artifact"
     p[2] = _answer_probs(2, 0 if kind == "edgeon" else 1, min(0.98, c + 0.1))
-    p[3] = _answer_probs(2, 0 if m["bar"] else 1, c)
+    p[3] = _answer_probs(2, 0 if m["bar"] else 1, min(0.98, c + 0.05))
     p[4] = _answer_probs(2, 0 if m["spiral"] else 1, c)
-    p[5] = _answer_probs(4, m["bulge"], 0.35 + 0.5 * c)
+    p[5] = _answer_probs(4, m["bulge"], 0.45 + 0.5 * c)
     odd = m["odd"] is not None
     if odd:
         p6 = 0.3 + 0.5 * c
     else:  # most volunteers see nothing odd on a clean image; fainter ones draw more doubt
-        p6 = m["doubt"] * (1.25 - c)
+        p6 = min(0.6, 0.08 * m["near_stars"] + 0.3 * (1 - c) ** 2 + 0.05 * m["doubt"])
     p[6] = np.array([p6, 1 - p6])
     roundness = 0 if m["q"] > 0.8 else (2 if m["q"] < 0.45 else 1)
-    p[7] = _answer_probs(3, roundness, 0.4 + 0.5 * c)
+    p[7] = _answer_probs(3, roundness, 0.5 + 0.45 * c)
     odd_index = {"ring": 0, "lens": 1, "disturbed": 2, "irregular": 3, "merger": 5, "dust": 6}
     p[8] = _answer_probs(7, odd_index.get(m["odd"], 4), 0.3 + 0.6 * c)
     p[9] = _answer_probs(3, m["boxy"], 0.4 + 0.5 * c)
@@ -136,18 +140,22 @@ class Renderer:
         self.noise = np.random.default_rng([seed, 7]).standard_normal((_NOISE_BANK, _NOISE_BANK, 3)).astype(np.float32)
         yy, xx = np.mgrid[-SIZE // 2:SIZE // 2, -SIZE // 2:SIZE // 2].astype(np.float32) + 0.5
         self.yy, self.xx = yy, xx
+        # SDSS colour cut-outs are asinh-stretched (Lupton et al. 2004): faint outskirts, arms and rings
+        # stay visible while cores saturate. A lookup table over quarter-unit fluxes keeps it cheap.
+        flux = np.arange(_STRETCH_MAX * 4, dtype=np.float64) / 4
+        self.stretch = np.clip(np.arcsinh(flux / _STRETCH_Q) * (255 / np.arcsinh(255 / _STRETCH_Q)), 0, 255).astype(np.uint8)
 
     def _sky(self, rng) -> np.ndarray:
-        sigma = rng.uniform(2.6, 4.0)
+        sigma = rng.uniform(0.85, 1.35)  # in flux units: about 3-4 grey levels after the stretch
         oy, ox = rng.integers(0, _NOISE_BANK - SIZE, 2)
         img = self.noise[oy:oy + SIZE, ox:ox + SIZE] * sigma
-        img = img + rng.uniform(4, 14)
+        img = img + rng.uniform(1.5, 4.5)
         return img
 
-    def _stars(self, img, rng, n):
+    def _stars(self, img, rng, n, lo=8, hi=SIZE - 8, bright=1.0):
         for _ in range(n):
-            y, x = rng.integers(8, SIZE - 8, 2)
-            amp, w = rng.lognormal(np.log(60), 0.8), rng.uniform(0.9, 2.2)
+            y, x = rng.integers(lo, hi, 2)
+            amp, w = bright * rng.lognormal(np.log(60), 0.8), rng.uniform(0.9, 2.2) * np.sqrt(bright)
             r = int(4 * w) + 1
             ys, xs = slice(max(y - r, 0), y + r + 1), slice(max(x - r, 0), x + r + 1)
             d2 = (self.yy[ys, xs] - self.yy[y, x]) ** 2 + (self.xx[ys, xs] - self.xx[y, x]) ** 2
@@ -156,7 +164,8 @@ class Renderer:
 
     def render(self, m: dict, rng: np.random.Generator) -> np.ndarray:
         img = self._sky(rng)
-        self._stars(img, rng, int(rng.integers(0, 5)))
+        self._stars(img, rng, int(rng.integers(0, 4)))
+        self._stars(img, rng, m.get("near_stars", 0), SIZE // 2 - 60, SIZE // 2 + 60, bright=3.0)
         if m["kind"] == "star":
             self._star_artifact(img, rng, m)
         else:
@@ -166,7 +175,7 @@ class Renderer:
                             kind="smooth", q=rng.uniform(0.5, 1.0), angle=rng.uniform(0, np.pi))
                 a, d = rng.uniform(0, 2 * np.pi), m["size"] * rng.uniform(1.8, 3.0)
                 self._galaxy(img, comp, rng, cx=d * np.cos(a), cy=d * np.sin(a))
-        return np.clip(img, 0, 255).astype(np.uint8)
+        return self.stretch[np.clip(img * 4, 0, _STRETCH_MAX * 4 - 1).astype(np.int32)]
 
     def _star_artifact(self, img, rng, m):
         r = self.xx ** 2 + self.yy ** 2
@@ -216,7 +225,7 @@ class Renderer:
         if odd == "ring":
             young += b * 0.45 * np.exp(-((r - 2.6 * s) / (0.3 * s)) ** 2)
         elif odd == "lens":
-            arc = np.exp(-((np.sqrt(x * x + y * y) - 4.0 * s) / 1.5) ** 2) * (np.cos(np.arctan2(y, x) - m["angle"]) > 0.6)
+            arc = np.exp(-((np.sqrt(x * x + y * y) - 3.5 * s) / 3.0) ** 2) * (np.cos(np.arctan2(y, x) - m["angle"]) > 0.6)
             young += b * 0.5 * arc
         elif odd in ("disturbed", "irregular"):
             k = 5 if odd == "disturbed" else 10
@@ -231,12 +240,20 @@ class Renderer:
             lane = 1 - 0.85 * np.exp(-(v * m["q"] / (0.06 * s + 0.5)) ** 2)
             old *= lane
             young *= lane
-        img[ys, xs] += old[..., None] * _OLD + young[..., None] * _YOUNG
+        # a smooth edge to the window, or the stretch would show its box around bright profiles
+        taper = np.exp(-(((x * x + y * y) / (0.8 * half) ** 2) ** 4))
+        img[ys, xs] += (old * taper)[..., None] * _OLD + (young * taper)[..., None] * _YOUNG
 
 
 # --------------------------------------------------------------------------------------------------
 # one galaxy, and the set
 # --------------------------------------------------------------------------------------------------
+
+def clarity_of(m: dict, rng: np.random.Generator) -> float:
+    """How decisively volunteers answer: brighter, larger galaxies are clearer."""
+    visibility = np.clip((np.log(m["bright"]) - np.log(60)) / 2.0, 0, 1) * np.clip(m["size"] / 20, 0.3, 1)
+    return float(np.clip(0.45 + 0.5 * visibility + rng.normal(0, 0.04), 0.4, 0.99))
+
 
 def make_galaxy(galaxy_id: int, seed: int, renderer: Renderer) -> tuple[bytes, np.ndarray]:
     """JPEG bytes and the 37 vote fractions of one synthetic galaxy."""
@@ -244,9 +261,8 @@ def make_galaxy(galaxy_id: int, seed: int, renderer: Renderer) -> tuple[bytes, n
     m = sample_morphology(rng)
     img = renderer.render(m, rng)
     # Volunteers agree more on bright, large galaxies; small faint ones leave them unsure.
-    visibility = np.clip((np.log(m["bright"]) - np.log(60)) / 2.0, 0, 1) * np.clip(m["size"] / 20, 0.3, 1)
-    clarity = float(np.clip(0.45 + 0.5 * visibility + rng.normal(0, 0.08), 0.4, 0.99))
-    labels = simulate_votes(vote_probabilities(m, clarity), int(rng.integers(25, 61)), rng)
+    clarity = clarity_of(m, rng)
+    labels = simulate_votes(vote_probabilities(m, clarity), int(rng.integers(30, 71)), rng)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=int(rng.integers(80, 90)))
     return buf.getvalue(), labels

@@ -1,0 +1,196 @@
+"""The training config: one dataclass with the study's defaults (DESIGN §1), from flags and/or a file.
+
+Precedence: defaults < `--config FILE` (YAML or JSON, the same keys) < flags given on the command line.
+Unknown keys and values of the wrong type are errors. `resolve()` fills the choices that depend on the
+machine (loader, precision, compile, freezing, schedule, run folder) so that the saved config says what ran.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .curriculum import DEFAULT_SCHEDULE, ScheduleError, default_schedule, parse_schedule, total_epochs
+from .data import LOADERS
+from .model import HEADS
+
+# Keys that may differ between a run and its resumption without changing what it computes.
+RESUME_FREE = {"resume", "force", "out", "config", "log_every", "workers", "plot"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    shards: str = field(default="data/shards", metadata={"help": "packed set (make shards)"})
+    out: str | None = field(default=None, metadata={"help": "run folder (default runs/<date-time>)"})
+    curriculum: str | None = field(default=None, metadata={
+        "help": f"curriculum schedule; the flag alone means {DEFAULT_SCHEDULE} (scaled to --epochs)"})
+    model: str = field(default="convnext_small", metadata={"help": "timm model name"})
+    epochs: int | None = field(default=None, metadata={"help": "epochs (default 20, or the schedule's)"})
+    batch_size: int = field(default=512, metadata={"help": "global batch size (divided by the process count)"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    image_size: int = field(default=224, metadata={"help": "model input side in px"})
+    crop_size: int = field(default=212, metadata={"help": "center crop of the 424 px JPEG, in px"})
+    loader: str = field(default="auto", metadata={"help": "dali-gpu, dali-cpu or pil (auto: dali-gpu with CUDA)"})
+    workers: int | None = field(default=None, metadata={"help": "loader threads/processes"})
+    precision: str = field(default="auto", metadata={"help": "bf16 or fp32 (auto: bf16 on GPU, fp32 on CPU)"})
+    compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on with CUDA), on, off"})
+    freeze_stages: int | None = field(default=None, metadata={
+        "help": "freeze stem + first K stages (default 2 with --pretrained, 0 from scratch)"})
+    lr_backbone: float = field(default=1e-4, metadata={"help": "AdamW lr of the trained backbone"})
+    lr_head: float = field(default=5e-4, metadata={"help": "AdamW lr of the head (norm + fc)"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (not on norms/biases)"})
+    lr_schedule: str = field(default="constant", metadata={"help": "constant (the study) or cosine"})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "linear LR warm-up, in epochs"})
+    head: str = field(default="sigmoid", metadata={"help": "sigmoid or tree (decision-tree constrained)"})
+    pretrained: str | None = field(default=None, metadata={"help": "local timm state dict (.safetensors/.pth)"})
+    zoom: float = field(default=0.0, metadata={"help": "train-time random zoom (relative crop jitter)"})
+    shift: float = field(default=0.0, metadata={"help": "train-time random shift (relative to the crop)"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
+    force: bool = field(default=False, metadata={"help": "with --resume: accept a changed config or manifest"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, data order and augmentation"})
+    log_every: int = field(default=50, metadata={"help": "steps between host syncs / loss logs"})
+    deterministic: bool = field(default=False, metadata={"help": "deterministic torch algorithms"})
+    plot: bool = field(default=True, metadata={"help": "draw RUN/curves.png at the end"})
+
+    # --- derived -----------------------------------------------------------------------------------
+    def schedule_text(self) -> str:
+        return self.curriculum if self.curriculum else f"all:{self.epochs}"
+
+    def resolve(self, cuda: bool) -> "TrainConfig":
+        """Machine-dependent defaults filled in, then every value checked."""
+        c = dataclasses.replace(self)
+        if c.curriculum == "default":
+            c.curriculum = default_schedule(c.epochs or 20)
+        elif c.curriculum:
+            try:
+                n = total_epochs(parse_schedule(c.curriculum))
+            except ScheduleError as exc:
+                raise ConfigError(f"curriculum: {exc}") from None
+            if c.epochs is not None and c.epochs != n:
+                raise ConfigError(f"--epochs {c.epochs} conflicts with the schedule {c.curriculum!r} ({n} epochs); "
+                                  f"drop --epochs or change the schedule")
+            c.epochs = n
+        c.epochs = c.epochs if c.epochs is not None else 20
+        if c.loader == "auto":
+            c.loader = "dali-gpu" if cuda else "dali-cpu"
+        if c.precision == "auto":
+            c.precision = "bf16" if cuda else "fp32"
+        if c.compile == "auto":
+            c.compile = "on" if cuda else "off"
+        if c.freeze_stages is None:
+            c.freeze_stages = 2 if c.pretrained else 0
+        if c.out is None:
+            c.out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+        c.check()
+        return c
+
+    def check(self):
+        def need(ok, msg):
+            if not ok:
+                raise ConfigError(msg)
+        need(self.loader in LOADERS, f"loader {self.loader!r}: choose one of {', '.join(LOADERS)}")
+        need(self.precision in ("bf16", "fp32"), f"precision {self.precision!r}: bf16 or fp32")
+        need(self.compile in ("on", "off"), f"compile {self.compile!r}: auto, on or off")
+        need(self.head in HEADS, f"head {self.head!r}: choose one of {', '.join(HEADS)}")
+        need(self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r}: constant or cosine")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
+        need(0 < self.crop_size <= 424, f"crop_size {self.crop_size} must be in 1..424")
+        need(self.image_size >= 16, f"image_size {self.image_size} must be >= 16")
+        need(min(self.lr_backbone, self.lr_head, self.weight_decay, self.warmup_epochs) >= 0, "lr/wd/warm-up must be >= 0")
+        need(0 <= self.zoom < 0.5 and 0 <= self.shift < 0.25, "zoom must be in [0, 0.5), shift in [0, 0.25)")
+        need(self.log_every >= 1, "log_every must be >= 1")
+        need(not self.force or self.resume, "--force only makes sense with --resume")
+        need(self.freeze_stages is None or self.freeze_stages >= 0, "freeze_stages must be >= 0")
+        try:
+            parse_schedule(self.schedule_text(), self.epochs)
+        except ScheduleError as exc:
+            raise ConfigError(f"curriculum: {exc}") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _field_type(f) -> type:
+    hints = typing.get_type_hints(TrainConfig)
+    t = hints[f.name]
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    return args[0] if args else t
+
+
+def _coerce(name: str, value, typ):
+    if value is None:
+        return None
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+        raise ConfigError(f"{name}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_mapping(data: dict, source: str) -> dict:
+    """Checked values of a config file (keys may use - or _)."""
+    known = {f.name: f for f in fields(TrainConfig)}
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        out[name] = _coerce(f"{source}: {key}", value, _field_type(known[name]))
+    return out
+
+
+def load_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    return from_mapping(data, str(path))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gzfast/train.py", description="Train a GZ2 ConvNeXt on packed shards.",
+                                 argument_default=argparse.SUPPRESS)
+    ap.add_argument("--config", help="YAML or JSON file with the same keys as the flags")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "") + f" (default: {f.default})"
+        typ = _field_type(f)
+        if f.name == "curriculum":
+            ap.add_argument(flag, nargs="?", const="default", metavar="SCHEDULE", help=help_)
+        elif typ is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            ap.add_argument(flag, type=typ, help=help_, metavar=f.name.upper())
+    return ap
+
+
+def parse_config(argv=None) -> TrainConfig:
+    """Defaults < config file < flags. Unresolved (call .resolve(cuda) next)."""
+    args = vars(build_parser().parse_args(argv))
+    values = load_file(args.pop("config")) if "config" in args else {}
+    values.update(args)
+    return TrainConfig(**values)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    return TrainConfig(**from_mapping(data, "config"))

@@ -1,0 +1,126 @@
+"""The model: a timm ConvNeXt with a 37-output head, stage freezing, parameter groups, local weights.
+
+Output heads (DESIGN §2): `sigmoid` squashes each of the 37 outputs independently; `tree` is the
+constrained head of Dieleman (2014): per question clamp at 0 and divide by the sum, then multiply by the
+parent answer's value, so the predictions obey the GZ2 decision tree by construction.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from shard_tools.schema import QUESTIONS
+
+HEADS = ("sigmoid", "tree")
+
+
+class TreeHead(nn.Module):
+    """Maps 37 raw outputs to vote fractions that obey the decision tree."""
+
+    def __init__(self):
+        super().__init__()
+        by_number = {q.number: q for q in QUESTIONS}
+        parent_question = {q.number: next((p.number for p in QUESTIONS if q.parent in p.columns), None)
+                           for q in QUESTIONS}
+        order, done = [], set()
+        while len(order) < len(QUESTIONS):  # parents before children
+            for n, q in by_number.items():
+                if n not in done and (parent_question[n] is None or parent_question[n] in done):
+                    order.append(q)
+                    done.add(n)
+        self.order = order
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        # clamp at 0; the tiny floor spreads a question whose answers are all clamped evenly instead of
+        # zeroing it, so its answers still sum to the parent value
+        raw = raw.float().clamp_min(0) + 1e-6
+        columns: dict[int, torch.Tensor] = {}  # built out of place: autograd needs every parent intact
+        for q in self.order:
+            cols = list(q.columns)
+            part = raw[:, cols]
+            part = part / (part.sum(dim=1, keepdim=True) + 1e-12)
+            if q.parent is not None:
+                part = part * columns[q.parent]
+            for k, c in enumerate(cols):
+                columns[c] = part[:, k:k + 1]
+        return torch.cat([columns[c] for c in range(len(columns))], dim=1)
+
+
+class GZ2Model(nn.Module):
+    def __init__(self, name: str = "convnext_small", head: str = "sigmoid", drop_path_rate: float = 0.0):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+        self.backbone = timm.create_model(name, pretrained=False, num_classes=37, drop_path_rate=drop_path_rate)
+        self.head_kind = head
+        self.tree = TreeHead() if head == "tree" else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raw = self.backbone(images)
+        return self.tree(raw) if self.tree is not None else torch.sigmoid(raw.float())
+
+
+def load_pretrained(model: GZ2Model, path: str | Path) -> dict:
+    """Loads a timm-format state dict (.safetensors or .pth) into the backbone; the classifier (head.fc)
+    is replaced by ours. Returns {"loaded": n, "skipped": [names]}. Any other mismatch is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--pretrained {path}: file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    own = model.backbone.state_dict()
+    skipped = [k for k in state if k.startswith("head.fc.") or k not in own or own[k].shape != state[k].shape]
+    bad = [k for k in skipped if not k.startswith("head.fc.")]
+    if bad:
+        raise ValueError(f"--pretrained {path}: {len(bad)} tensors do not fit {type(model.backbone).__name__} "
+                         f"(e.g. {bad[:3]}); is it a state dict of the same timm model?")
+    usable = {k: v for k, v in state.items() if k not in skipped}
+    missing = [k for k in own if k not in usable and not k.startswith("head.fc.")]
+    if missing:
+        raise ValueError(f"--pretrained {path}: missing {len(missing)} backbone tensors (e.g. {missing[:3]})")
+    model.backbone.load_state_dict(usable, strict=False)
+    return {"loaded": len(usable), "skipped": skipped}
+
+
+def frozen_modules(model: GZ2Model, stages: int) -> list[nn.Module]:
+    """The stem and the first `stages` stages of the ConvNeXt."""
+    n = len(model.backbone.stages)
+    if not 0 <= stages <= n:
+        raise ValueError(f"--freeze-stages {stages}: the model has {n} stages")
+    return [model.backbone.stem, *model.backbone.stages[:stages]] if stages else []
+
+
+def freeze(model: GZ2Model, stages: int) -> int:
+    """Freezes the stem and the first `stages` stages; returns how many parameters were frozen."""
+    count = 0
+    for module in frozen_modules(model, stages):
+        for p in module.parameters():
+            p.requires_grad_(False)
+            count += p.numel()
+    return count
+
+
+def param_groups(model: GZ2Model, lr_backbone: float, lr_head: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: the head (timm's `head`: norm + fc) at lr_head, the rest at lr_backbone; no weight
+    decay on norms and biases (1-d tensors), as timm does."""
+    groups = {(h, d): [] for h in (True, False) for d in (True, False)}
+    for name, p in model.backbone.named_parameters():
+        if p.requires_grad:
+            groups[(name.startswith("head."), p.ndim > 1)].append(p)
+    out = []
+    for (is_head, decay), params in groups.items():
+        if params:
+            out.append({"params": params, "lr": lr_head if is_head else lr_backbone,
+                        "weight_decay": weight_decay if decay else 0.0,
+                        "name": ("head" if is_head else "backbone") + ("" if decay else "_no_decay")})
+    return out
