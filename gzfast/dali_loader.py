@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, SHUFFLE_BUFFER, batch_count, index_path
+from .data import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, batch_count, index_path
 
 
 def _import_dali():
@@ -63,7 +63,7 @@ class DALILoader:
             outs = fn.readers.webdataset(
                 paths=s.paths, index_paths=[index_path(p) for p in s.paths], ext=exts, dtypes=dtypes,
                 missing_component_behavior="error", random_shuffle=s.train,
-                initial_fill=min(SHUFFLE_BUFFER, max(1, self.n_samples)), seed=s.stream_seed(),
+                initial_fill=min(s.shuffle_buffer, max(1, self.n_samples)), seed=s.stream_seed(),
                 shard_id=s.rank, num_shards=s.world_size, pad_last_batch=not s.train, name="reader")
             jpg, ids = outs[0], outs[1]
             images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB)

@@ -84,12 +84,14 @@ def batch_count(n_samples: int, batch_size: int, train: bool) -> int:
 
 def make_loader(name: str, shard_paths, *, train: bool, batch_size: int, image_size: int = 224,
                 crop_size: int = 212, rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0,
-                workers: int | None = None, zoom: float = 0.0, shift: float = 0.0):
+                workers: int | None = None, zoom: float = 0.0, shift: float = 0.0,
+                shuffle_buffer: int = SHUFFLE_BUFFER):
     """An iterable of `Batch` over `shard_paths` for one epoch; `len()` is the number of batches.
 
     `batch_size` is per process; `rank`/`world_size` give this process a disjoint slice of the samples
     (all slices together cover the list). `zoom` (relative crop-size jitter) and `shift` (relative center
-    jitter) are optional extra train-time augmentations, off by default."""
+    jitter) are optional extra train-time augmentations, off by default. `shuffle_buffer` is the train-mode
+    shuffle window in samples."""
     if name not in LOADERS:
         raise LoaderError(f"unknown loader {name!r}; choose one of {', '.join(LOADERS)}")
     paths = [str(p) for p in shard_paths]
@@ -108,7 +110,7 @@ def make_loader(name: str, shard_paths, *, train: bool, batch_size: int, image_s
     if train:
         paths = interleave_tiers(paths, seed, epoch)
     spec = LoaderSpec(paths, train, batch_size, image_size, crop_size, rank, world_size, seed, epoch,
-                      workers, zoom, shift, labelled.pop())
+                      workers, zoom, shift, labelled.pop(), shuffle_buffer)
     if name == "pil":
         from .pil_loader import PILLoader
         return PILLoader(spec)
@@ -131,6 +133,7 @@ class LoaderSpec:
     zoom: float
     shift: float
     labelled: bool
+    shuffle_buffer: int = SHUFFLE_BUFFER
 
     @property
     def total_samples(self) -> int:

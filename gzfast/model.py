@@ -64,8 +64,8 @@ class GZ2Model(nn.Module):
 
 
 def load_pretrained(model: GZ2Model, path: str | Path) -> dict:
-    """Loads a timm-format state dict (.safetensors or .pth) into the backbone; the classifier (head.fc)
-    is replaced by ours. Returns {"loaded": n, "skipped": [names]}. Any other mismatch is an error."""
+    """Loads a timm-format state dict (.safetensors or .pth) into the backbone; the classifier (head.fc on
+    a ConvNeXt) is replaced by ours. Returns {"loaded": n, "skipped": [names]}. Any other mismatch is an error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--pretrained {path}: file not found")
@@ -79,25 +79,44 @@ def load_pretrained(model: GZ2Model, path: str | Path) -> dict:
                 state = state[key]
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     own = model.backbone.state_dict()
-    skipped = [k for k in state if k.startswith("head.fc.") or k not in own or own[k].shape != state[k].shape]
-    bad = [k for k in skipped if not k.startswith("head.fc.")]
+    classifier = classifier_names(model)
+    skipped = [k for k in state if k in classifier or k not in own or own[k].shape != state[k].shape]
+    bad = [k for k in skipped if k not in classifier]
     if bad:
         raise ValueError(f"--pretrained {path}: {len(bad)} tensors do not fit {type(model.backbone).__name__} "
                          f"(e.g. {bad[:3]}); is it a state dict of the same timm model?")
     usable = {k: v for k, v in state.items() if k not in skipped}
-    missing = [k for k in own if k not in usable and not k.startswith("head.fc.")]
+    missing = [k for k in own if k not in usable and k not in classifier]
     if missing:
         raise ValueError(f"--pretrained {path}: missing {len(missing)} backbone tensors (e.g. {missing[:3]})")
     model.backbone.load_state_dict(usable, strict=False)
     return {"loaded": len(usable), "skipped": skipped}
 
 
+def head_module(model: GZ2Model) -> nn.Module:
+    """The part trained at --lr-head: timm's `head` (norm + fc) on a ConvNeXt, the classifier elsewhere."""
+    head = getattr(model.backbone, "head", None)
+    return head if isinstance(head, nn.Module) else model.backbone.get_classifier()
+
+
+def classifier_names(model: GZ2Model) -> set[str]:
+    """State-dict names of the final classifier (replaced when loading pretrained weights)."""
+    ids = {id(p) for p in model.backbone.get_classifier().parameters()}
+    return {n for n, p in model.backbone.named_parameters() if id(p) in ids}
+
+
 def frozen_modules(model: GZ2Model, stages: int) -> list[nn.Module]:
     """The stem and the first `stages` stages of the ConvNeXt."""
-    n = len(model.backbone.stages)
+    if stages == 0:
+        return []
+    backbone = model.backbone
+    if not (hasattr(backbone, "stem") and hasattr(backbone, "stages")):
+        raise ValueError(f"--freeze-stages {stages}: {type(backbone).__name__} has no stem/stages to freeze "
+                         f"(a ConvNeXt has); use --freeze-stages 0")
+    n = len(backbone.stages)
     if not 0 <= stages <= n:
         raise ValueError(f"--freeze-stages {stages}: the model has {n} stages")
-    return [model.backbone.stem, *model.backbone.stages[:stages]] if stages else []
+    return [backbone.stem, *backbone.stages[:stages]]
 
 
 def freeze(model: GZ2Model, stages: int) -> int:
@@ -111,12 +130,13 @@ def freeze(model: GZ2Model, stages: int) -> int:
 
 
 def param_groups(model: GZ2Model, lr_backbone: float, lr_head: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: the head (timm's `head`: norm + fc) at lr_head, the rest at lr_backbone; no weight
-    decay on norms and biases (1-d tensors), as timm does."""
+    """AdamW groups: the head at lr_head, the rest at lr_backbone; no weight decay on norms and biases
+    (1-d tensors), as timm does."""
+    head_ids = {id(p) for p in head_module(model).parameters()}
     groups = {(h, d): [] for h in (True, False) for d in (True, False)}
-    for name, p in model.backbone.named_parameters():
+    for p in model.backbone.parameters():
         if p.requires_grad:
-            groups[(name.startswith("head."), p.ndim > 1)].append(p)
+            groups[(id(p) in head_ids, p.ndim > 1)].append(p)
     out = []
     for (is_head, decay), params in groups.items():
         if params:

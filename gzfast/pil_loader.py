@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import (IMAGENET_MEAN, IMAGENET_STD, SHUFFLE_BUFFER, SOURCE_SIZE, Batch, LoaderError, LoaderSpec,
+from .data import (IMAGENET_MEAN, IMAGENET_STD, SOURCE_SIZE, Batch, LoaderError, LoaderSpec,
                    batch_count, shard_sample_count)
 
 
@@ -83,7 +83,7 @@ class PILLoader:
         ds = wds.WebDataset(self.rank_paths, shardshuffle=False, nodesplitter=None,
                             workersplitter=wds.split_by_worker, empty_check=False)
         if s.train:  # a second pass fills the epoch when a rank's shards hold fewer samples than its share
-            ds = ds.repeat(2).shuffle(SHUFFLE_BUFFER, initial=SHUFFLE_BUFFER, seed=s.stream_seed())
+            ds = ds.repeat(2).shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, seed=s.stream_seed())
         return ds.map(_Decode(s))
 
     def __iter__(self):

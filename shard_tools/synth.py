@@ -45,7 +45,7 @@ def sample_morphology(rng: np.random.Generator) -> dict:
     u = rng.random()
     m["kind"] = ("star" if u < 0.02 else "smooth" if u < 0.42 else "edgeon" if u < 0.55 else "disk")
     m["size"] = float(rng.uniform(9, 34))           # scale length in px
-    m["bright"] = float(rng.lognormal(np.log(200), 0.5))  # peak surface brightness, 0-255 units
+    m["bright"] = float(rng.lognormal(np.log(110), 0.5))  # peak surface brightness, 0-255 units
     m["angle"] = float(rng.uniform(0, np.pi))
     m["q"] = float(rng.uniform(0.3, 1.0)) if m["kind"] == "smooth" else (
         float(rng.uniform(0.08, 0.22)) if m["kind"] == "edgeon" else float(rng.uniform(0.55, 1.0)))
@@ -96,8 +96,11 @@ def vote_probabilities(m: dict, clarity: float) -> dict[int, np.ndarray]:
     else:  # most volunteers see nothing odd on a clean image; fainter ones draw more doubt
         p6 = min(0.6, 0.08 * m["near_stars"] + 0.3 * (1 - c) ** 2 + 0.05 * m["doubt"])
     p[6] = np.array([p6, 1 - p6])
-    roundness = 0 if m["q"] > 0.8 else (2 if m["q"] < 0.45 else 1)
-    p[7] = _answer_probs(3, roundness, 0.5 + 0.45 * c)
+    # roundness is perceived smoothly around the answer boundaries (axis ratio 0.8 and 0.45)
+    p_round = 1 / (1 + np.exp(-(m["q"] - 0.8) / 0.05))
+    p_cigar = 1 / (1 + np.exp(-(0.45 - m["q"]) / 0.05))
+    perceived = np.array([p_round, max(0.0, 1 - p_round - p_cigar), p_cigar])
+    p[7] = c * perceived + (1 - c) / 3
     odd_index = {"ring": 0, "lens": 1, "disturbed": 2, "irregular": 3, "merger": 5, "dust": 6}
     p[8] = _answer_probs(7, odd_index.get(m["odd"], 4), 0.3 + 0.6 * c)
     p[9] = _answer_probs(3, m["boxy"], 0.4 + 0.5 * c)
@@ -251,7 +254,7 @@ class Renderer:
 
 def clarity_of(m: dict, rng: np.random.Generator) -> float:
     """How decisively volunteers answer: brighter, larger galaxies are clearer."""
-    visibility = np.clip((np.log(m["bright"]) - np.log(60)) / 2.0, 0, 1) * np.clip(m["size"] / 20, 0.3, 1)
+    visibility = np.clip((np.log(m["bright"]) - np.log(33)) / 2.0, 0, 1) * np.clip(m["size"] / 20, 0.3, 1)
     return float(np.clip(0.45 + 0.5 * visibility + rng.normal(0, 0.04), 0.4, 0.99))
 
 

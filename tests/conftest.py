@@ -45,6 +45,16 @@ def synth_shards(synth_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mid_shards(tmp_path_factory) -> Path:
+    """1,500 synthetic training galaxies in 100-sample shards: large against a small shuffle buffer."""
+    data = tmp_path_factory.mktemp("mid_data")
+    synthesize(data, n_train=1500, n_test=0, seed=11, workers=2, progress=False)
+    out = tmp_path_factory.mktemp("mid_shards")
+    pack(data, out, PackOptions(val_fraction=0.15, shard_size=100), workers=2, progress=False)
+    return out
+
+
 def assemble_real_layout(gz2: Path, dest: Path) -> Path:
     """The Kaggle layout from ../shared/gz2, which is not in it: the 146 test JPEGs as the test set, the
     2 real training JPEGs with real label rows of the subset attached to their ids."""

@@ -84,3 +84,14 @@ def test_tree_head_trains():
     raw = torch.randn(8, 37, requires_grad=True)
     TreeHead()(raw).sum().backward()
     assert raw.grad is not None and torch.isfinite(raw.grad).all()
+
+
+def test_other_timm_models_get_their_classifier_as_head():
+    model = GZ2Model("resnet10t")
+    groups = {g["name"]: g for g in param_groups(model, 1e-4, 5e-4, 0.1)}
+    fc = model.backbone.get_classifier()
+    assert {id(p) for g in groups.values() if g["name"].startswith("head") for p in g["params"]} == \
+        {id(p) for p in fc.parameters()}
+    assert freeze(model, 0) == 0
+    with pytest.raises(ValueError, match="no stem/stages"):
+        freeze(model, 2)

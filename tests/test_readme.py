@@ -33,7 +33,9 @@ def test_main_job_runs_in_reduced_form(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "predict-the-training-mean RMSE" in res.stdout
     config = json.loads((run / "config.json").read_text())
-    assert config["curriculum"] == "high:1,high+medium:1,all:1" and config["model"] == "convnext_atto"
+    import yaml
+    recipe = yaml.safe_load((REPO / "gzfast/configs/cpu_small.yaml").read_text())
+    assert config["curriculum"] == "high:1,high+medium:1,all:1" and config["model"] == recipe["model"]
     epochs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in l]
     assert [r["stage"] for r in epochs if r["kind"] == "epoch"] == ["high", "high+medium", "all"]
     assert (tmp_path / "shards" / "manifest.json").exists()

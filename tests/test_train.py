@@ -19,6 +19,8 @@ from shard_tools.pack import load_manifest
 
 from conftest import REPO, read_shard_samples
 
+LEARNING_BOUND = 0.85  # the main job (4,000 galaxies, 64 px, 25 epochs) reaches 0.6; see README
+
 TINY = ["--model", "convnext_atto", "--image-size", "32", "--crop-size", "128", "--batch-size", "16",
         "--workers", "1", "--loader", "dali-cpu", "--log-every", "2", "--lr-backbone", "1e-3", "--lr-head", "1e-3"]
 
@@ -181,7 +183,8 @@ def test_kill_9_after_an_epoch_and_resume_is_exact(synth_shards, straight_run, t
     run = tmp_path / "killed"
     proc = launch(tiny(synth_shards, run, *RESUME_ARGS))
     wait_for_line(run, lambda r: r["kind"] == "epoch" and r["epoch"] == 1, proc)
-    while ckpt.load(run / "checkpoints" / "last.pt")["epoch"] != 1:  # the epoch line comes just before the save
+    last = run / "checkpoints" / "last.pt"
+    while not last.exists() or ckpt.load(last)["epoch"] != 1:  # the epoch line comes just before the save
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -240,3 +243,13 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
         proc.wait()
         state = ckpt.load(path)
         assert state["i"] >= 1 and state["w"].shape == (8_000_000,)
+
+
+def test_a_small_run_learns_well_beyond_the_mean(mid_shards, tmp_path):
+    """The main job's recipe, smaller (1,500 galaxies, 32 px, 8 epochs): it must beat predicting the mean."""
+    run = tmp_path / "run"
+    args = ["--config", str(REPO / "gzfast/configs/cpu_small.yaml"), "--shards", str(mid_shards), "--out", str(run),
+            "--curriculum", "--epochs", "8", "--image-size", "32", "--no-plot", "--workers", "2"]
+    assert main(args) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["ratio"] <= LEARNING_BOUND, summary
