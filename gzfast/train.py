@@ -249,7 +249,7 @@ class Trainer:
         preds, labels, ids = [], [], []
         for batch in loader:
             with acc.autocast():
-                out = self.train_model(batch.images)
+                out = self.train_model(batch.images.to(acc.device, non_blocking=True))
             preds.append(out.float().cpu())
             labels.append(batch.labels.float().cpu())
             ids.append(batch.ids.cpu())
@@ -287,7 +287,10 @@ class Trainer:
             st["data_wait"] += time.perf_counter() - t0
             for g, base in zip(self.optimizer.param_groups, self.base_lrs):
                 g["lr"] = base * self.lr_factor(epoch + step / n_batches)
-            loss = training_step(self.train_model, self.optimizer, acc, batch.images, batch.labels)
+            # a no-op for dali-gpu batches; CPU loaders on a GPU machine hand over here
+            images = batch.images.to(acc.device, non_blocking=True)
+            labels = batch.labels.to(acc.device, non_blocking=True)
+            loss = training_step(self.train_model, self.optimizer, acc, images, labels)
             loss_sum += loss
             window_sum += loss
             st["loss_count"] += 1
