@@ -184,12 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def parse_config(argv=None) -> TrainConfig:
-    """Defaults < config file < flags. Unresolved (call .resolve(cuda) next)."""
+def explicit_values(argv=None) -> dict:
+    """The values the user set: a config file's keys, then the flags given on top (not the defaults)."""
     args = vars(build_parser().parse_args(argv))
     values = load_file(args.pop("config")) if "config" in args else {}
-    values.update(args)
-    return TrainConfig(**values)
+    values.update(from_mapping(args, "command line"))
+    return values
+
+
+def parse_config(argv=None) -> TrainConfig:
+    """Defaults < config file < flags. Unresolved (call .resolve(cuda) next)."""
+    return TrainConfig(**explicit_values(argv))
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (accelerate launch gzfast/train.py): make `gzfast` importable
@@ -25,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gzfast import checkpoint as ckpt
-from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, build_parser, from_mapping, load_file
+from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, explicit_values
 from gzfast.curriculum import parse_schedule, shards_for_epoch, split_shards, stage_at
 from gzfast.data import LoaderError, make_loader
 from gzfast.labels import read_labels
@@ -58,17 +55,9 @@ def training_step(model, optimizer, accelerator, images: torch.Tensor, labels: t
     return loss.detach()
 
 
-def _explicit_values(argv) -> dict:
-    """Values the user set: a config file's keys, then the flags given (not the defaults)."""
-    args = vars(build_parser().parse_args(argv))
-    values = load_file(args.pop("config")) if "config" in args else {}
-    values.update(from_mapping(args, "command line"))
-    return values
-
-
 def resolve_config(argv, cuda: bool) -> tuple[TrainConfig, dict | None]:
     """The config of this run and, with --resume, the checkpoint to continue from."""
-    values = _explicit_values(argv)
+    values = explicit_values(argv)
     if not values.get("resume"):
         cfg = TrainConfig(**values).resolve(cuda)
         if (Path(cfg.out) / "metrics.jsonl").exists() or (Path(cfg.out) / "checkpoints").exists():

@@ -11,7 +11,6 @@ from PIL import Image
 
 from shard_tools.catalog import CatalogError
 from shard_tools.pack import PackOptions, load_manifest, pack, read_rejected
-from shard_tools.schema import COLUMNS
 from shard_tools.synth import synthesize
 from shard_tools.verify import verify
 

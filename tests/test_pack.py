@@ -1,6 +1,5 @@
 """Packing: round trip on real files, determinism, idempotence, resume after a kill."""
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -9,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from shard_tools import schema
 from shard_tools.pack import MANIFEST, PackOptions, is_val, load_manifest, pack, read_rejected
