@@ -39,9 +39,13 @@ verify: $(INSTALL)
 test: $(INSTALL)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# accelerate launch sets OMP_NUM_THREADS=1 unless told: give torch every core for this CPU job.
+THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+
 run: shards
 	$(PY) -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no \
-		--dynamo_backend no gzfast/train.py --config $(RUN_CONFIG) --curriculum --shards $(OUT) $(RUN_ARGS)
+		--dynamo_backend no --num_cpu_threads_per_process $(THREADS) \
+		gzfast/train.py --config $(RUN_CONFIG) --curriculum --shards $(OUT) $(RUN_ARGS)
 
 clean:
 	rm -rf data runs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -118,6 +119,9 @@ class Trainer:
         else:
             self.notes.append("WARNING: no --pretrained weights given: training starts from RANDOM weights "
                               "(no model hub is used; pass a local timm state dict to fine-tune as the study did)")
+        if not self.cuda and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1:
+            self.notes.append(f"note: torch uses 1 of {os.cpu_count()} CPU threads (accelerate launch sets "
+                              f"OMP_NUM_THREADS=1): pass --num_cpu_threads_per_process {os.cpu_count()} to it")
         frozen = freeze(self.model, cfg.freeze_stages)
         self.notes.append(f"frozen: stem + {cfg.freeze_stages} stage(s) ({frozen:,} parameters); "
                           f"trainable {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,}")
