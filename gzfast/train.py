@@ -189,8 +189,9 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch_progress - cfg.warmup_epochs) / span)))
         return 1.0
 
-    def save_checkpoint(self, epoch: int, step: int, val_rmse: float | None = None):
-        """Saves where the run stands: `epoch` and `step` are the next batch to train."""
+    def save_checkpoint(self, epoch: int, step: int, best: bool = False):
+        """Saves where the run stands: `epoch` and `step` are the next batch to train; `best` also
+        copies it to best.pt."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if not self.main:
@@ -204,7 +205,7 @@ class Trainer:
                  "epoch_state": dict(self.acc_state), "rng": ckpt.rng_state(),
                  "metrics_lines": self.metrics_lines, "elapsed": time.time() - self.start_time}
         ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
-        if val_rmse is not None and val_rmse <= self.best_rmse:
+        if best:
             ckpt.atomic_copy(self.ckpt_dir / ckpt.LAST, self.ckpt_dir / ckpt.BEST)
 
     def _on_signal(self, signum, frame):
@@ -341,11 +342,12 @@ class Trainer:
                   f"{record['epoch_time']:.1f} s (data wait {st['data_wait']:.1f} s) {record['images_per_s']:,.0f} img/s",
                   flush=True)
         val_rmse = record["val_rmse"]
-        if val_rmse is not None and val_rmse < self.best_rmse:
+        improved = val_rmse is not None and val_rmse <= self.best_rmse
+        if improved:
             self.best_rmse = val_rmse
         self.acc_state = self._fresh_epoch_state()
         self.step_in_epoch = 0
-        self.save_checkpoint(epoch + 1, 0, val_rmse if val_rmse is not None and val_rmse <= self.best_rmse else None)
+        self.save_checkpoint(epoch + 1, 0, best=improved)
         return True
 
     def fit(self) -> int:

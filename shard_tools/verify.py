@@ -20,8 +20,9 @@ from .catalog import jpeg_problem
 from .pack import load_manifest
 
 
-def _parse_index(path: Path) -> list[list[tuple[str, int, int, str]]]:
-    lines = path.read_text().splitlines()
+def read_index(path: str | Path) -> list[list[tuple[str, int, int, str]]]:
+    """A DALI webdataset index: per sample, its (extension, data offset, size, member name) entries."""
+    lines = Path(path).read_text().splitlines()
     version, count = lines[0].split()
     samples = []
     for line in lines[1:]:
@@ -94,7 +95,7 @@ def check_shard(args) -> tuple[list[str], list[int]]:
         problems.append(f"{name}: {len(order)} samples, manifest says {shard['samples']}")
     # The DALI index must point at the real data offsets, or DALI reads garbage.
     try:
-        index = _parse_index(idx_path)
+        index = read_index(idx_path)
         real = [(m.name.partition(".")[2], m.offset_data, m.size, m.name) for m in members if m.isfile()]
         flat = [entry for sample in index for entry in sample]
         if flat != real:
