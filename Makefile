@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 RUN_CONFIG ?= gzfast/configs/cpu_small.yaml
 RUN_ARGS ?=
 
-.PHONY: venv shards verify test run clean
+.PHONY: venv shards verify lint test test-fast run gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,15 @@ endif
 verify: $(INSTALL)
 	$(PY) -m shard_tools verify $(OUT) --decode
 
+lint: $(INSTALL)
+	$(PY) -m ruff check .
+
 test: $(INSTALL)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The edit loop: everything but the tests marked slow (CI runs them all).
+test-fast: $(INSTALL)
+	$(PY) -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
 
 # accelerate launch sets OMP_NUM_THREADS=1 unless told: give torch every core for this CPU job.
 THREADS ?= $(shell nproc 2>/dev/null || echo 2)

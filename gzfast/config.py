@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .curriculum import DEFAULT_SCHEDULE, ScheduleError, default_schedule, parse_schedule, total_epochs
 from .data import LOADERS
-from .model import HEADS
+
+HEADS = ("sigmoid", "tree")
 
 # Keys that may differ between a run and its resumption without changing what it computes.
 RESUME_FREE = {"resume", "force", "out", "config", "log_every", "workers", "plot"}
@@ -64,7 +65,7 @@ class TrainConfig:
     def schedule_text(self) -> str:
         return self.curriculum if self.curriculum else f"all:{self.epochs}"
 
-    def resolve(self, cuda: bool) -> "TrainConfig":
+    def resolve(self, cuda: bool) -> TrainConfig:
         """Machine-dependent defaults filled in, then every value checked."""
         c = dataclasses.replace(self)
         if c.curriculum == "default":

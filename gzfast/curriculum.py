@@ -5,10 +5,11 @@ plain training is `all:N`. TIERS is `all` or tier names joined by `+`.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-TIERS = ("high", "medium", "low")
+from shard_tools.layout import PackedSet
+from shard_tools.schema import TIERS
+
 DEFAULT_SCHEDULE = "high:4,high+medium:4,all:12"   # 16 full-epoch equivalents instead of 20
 _DEFAULT_FRACTIONS = (0.2, 0.2, 0.6)
 
@@ -84,23 +85,23 @@ def stage_at(schedule: list[Stage], epoch: int) -> tuple[int, Stage]:
     raise ScheduleError(f"epoch {epoch} is past the schedule's {end} epochs")
 
 
-def shards_for_epoch(manifest: dict, schedule: list[Stage] | str, epoch: int) -> list[str]:
+def shards_for_epoch(packed: PackedSet, schedule: list[Stage] | str, epoch: int) -> list[str]:
     """Training shard paths of epoch `epoch`: the train shards of its stage's tiers, in manifest order.
 
-    Paths are joined to `manifest["root"]` when the manifest carries one (gzfast.data.load_manifest sets it).
     The loader interleaves tiers and shuffles; this function only decides *which* shards."""
     if isinstance(schedule, str):
         schedule = parse_schedule(schedule)
     _, stage = stage_at(schedule, epoch)
-    root = manifest.get("root", "")
-    paths = [os.path.join(root, s["path"]) for s in manifest["shards"]
-             if s["split"] == "train" and s["tier"] in stage.tiers]
+    paths = packed.paths("train", stage.tiers)
     if not paths:
-        raise ScheduleError(f"stage {stage.name} of epoch {epoch} selects no shards (tiers {stage.tiers} are empty)")
+        raise ScheduleError(f"stage {stage.name} of epoch {epoch + 1} selects no shards: tiers "
+                            f"{', '.join(stage.tiers)} of {packed.root} are empty")
     return paths
 
 
-def split_shards(manifest: dict, split: str) -> list[str]:
-    """All shard paths of `split` (train, val or test)."""
-    root = manifest.get("root", "")
-    return [os.path.join(root, s["path"]) for s in manifest["shards"] if s["split"] == split]
+def check_schedule(packed: PackedSet, schedule: list[Stage]):
+    """Every stage selects shards (checked before epoch 1, not an hour into the run)."""
+    start = 0
+    for stage in schedule:
+        shards_for_epoch(packed, schedule, start)
+        start += stage.epochs

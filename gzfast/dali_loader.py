@@ -2,7 +2,12 @@
 
 tar (+ .idx) -> decode -> [train: pre-crop -> random rotation 0-360° -> random crop box] -> crop+resize
 in one `resize` with a region of interest -> crop_mirror_normalize (random flip in train) to HWC, which
-the iterator hands over as N×3×H×W channels-last by a permute (no copy).
+the iterator hands over as N×3×H×W channels-last by a permute (no copy). When the graph runs on the CPU
+for a GPU run, it stops at uint8 and the batch is normalized on the device (4× less to copy).
+
+A pipeline is expensive to start (nvJPEG, memory pools, the shuffle buffer, prefetch), so `prepare()`
+builds it up to its first batch ahead of use (the trainer calls it from a background thread during the
+previous epoch's tail), and an eval loader keeps its pipeline for every pass.
 """
 from __future__ import annotations
 
@@ -10,17 +15,18 @@ import os
 
 import torch
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, batch_count, index_path
+from shard_tools.layout import IMAGE_SIDE
 
+from .data import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, batch_count, normalize_on_device
 
-def _import_dali():
-    try:
-        from nvidia.dali import fn, pipeline_def, types
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-    except (ImportError, OSError) as exc:  # no wheel for this platform, or libraries that fail to load
-        raise LoaderError(f"NVIDIA DALI cannot be loaded here ({exc}). Install nvidia-dali-cuda130 on Linux, "
-                          f"or use the PyTorch/PIL loader: --loader pil") from exc
-    return fn, pipeline_def, types, DALIGenericIterator, LastBatchPolicy
+try:  # the one guarded import of DALI: no wheel for this platform, or libraries that fail to load
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+    DALI_IMPORT_ERROR = None
+except (ImportError, OSError) as exc:
+    DALI_IMPORT_ERROR = exc
+
+PIL_HINT = "use the PyTorch/PIL loader instead: --loader pil"
 
 
 def _slice_size(total: int, rank: int, world: int) -> int:
@@ -29,12 +35,17 @@ def _slice_size(total: int, rank: int, world: int) -> int:
 
 
 class DALILoader:
-    def __init__(self, spec: LoaderSpec, device: str):
-        self.spec = spec
-        self.device = device
-        _import_dali()
-        if device == "gpu" and not torch.cuda.is_available():
+    def __init__(self, spec: LoaderSpec, decode_on_gpu: bool):
+        if DALI_IMPORT_ERROR is not None:
+            raise LoaderError(f"NVIDIA DALI cannot be loaded here ({DALI_IMPORT_ERROR}). Install nvidia-dali-cuda130 "
+                              f"on Linux, or {PIL_HINT}")
+        if decode_on_gpu and not torch.cuda.is_available():
             raise LoaderError("dali-gpu needs a CUDA GPU; on this machine use --loader dali-cpu or pil")
+        self.spec = spec
+        self.gpu = decode_on_gpu
+        self.name = "dali-gpu" if decode_on_gpu else "dali-cpu"
+        # a CPU graph feeding a GPU run hands over uint8 and normalizes on the device
+        self.normalize_in_graph = decode_on_gpu or spec.device.type == "cpu"
         total = spec.total_samples
         if spec.train:
             self.n_samples = total // spec.world_size  # the same on every rank, so no rank waits on another
@@ -44,77 +55,138 @@ class DALILoader:
         if spec.train and self.n_batches == 0:
             raise LoaderError(f"{total} training samples on {spec.world_size} process(es) make no full batch of "
                               f"{spec.batch_size}")
-        self.threads = spec.workers or (min(8, os.cpu_count() or 1) if device == "cpu" else 4)
+        self.threads = spec.workers or (min(8, os.cpu_count() or 1) if not decode_on_gpu else 4)
+        self._pipe = None
+        self._iterator = None
 
     def __len__(self):
         return self.n_batches
 
-    def build_pipeline(self):
-        fn, pipeline_def, types, _, _ = _import_dali()
+    # --- the graph ---------------------------------------------------------------------------------
+    def _graph(self):
         s = self.spec
-        gpu = self.device == "gpu"
-
-        @pipeline_def(batch_size=s.batch_size, num_threads=self.threads,
-                      device_id=torch.cuda.current_device() if gpu else None, seed=s.stream_seed(),
-                      prefetch_queue_depth=2)
-        def graph():
-            exts = ["jpg", "i64"] + (["f32"] if s.labelled else [])
-            dtypes = [types.UINT8, types.INT64] + ([types.FLOAT] if s.labelled else [])
-            outs = fn.readers.webdataset(
-                paths=s.paths, index_paths=[index_path(p) for p in s.paths], ext=exts, dtypes=dtypes,
-                missing_component_behavior="error", random_shuffle=s.train,
-                initial_fill=min(s.shuffle_buffer, max(1, self.n_samples)), seed=s.stream_seed(),
-                shard_id=s.rank, num_shards=s.world_size, pad_last_batch=not s.train, name="reader")
-            jpg, ids = outs[0], outs[1]
-            images = fn.decoders.image(jpg, device="mixed" if gpu else "cpu", output_type=types.RGB)
-            c = float(s.crop_size)
-            if s.train:
-                side = s.rotation_margin()
-                if side < 424:
-                    images = fn.crop(images, crop=(side, side))
-                images = fn.rotate(images, angle=fn.random.uniform(range=(0.0, 360.0)), keep_size=True,
-                                   fill_value=0)
-                centre = side / 2
-                if s.zoom:
-                    c = c * fn.random.uniform(range=(1 - s.zoom, 1 + s.zoom))
-                dy = fn.random.uniform(range=(-s.shift, s.shift)) * s.crop_size if s.shift else 0.0
-                dx = fn.random.uniform(range=(-s.shift, s.shift)) * s.crop_size if s.shift else 0.0
-                if s.zoom or s.shift:
-                    start = fn.stack(centre + dy - c / 2, centre + dx - c / 2)
-                    end = fn.stack(centre + dy + c / 2, centre + dx + c / 2)
-                else:
-                    start, end = (centre - c / 2,) * 2, (centre + c / 2,) * 2
-                mirror = fn.random.coin_flip(probability=0.5)
-            else:
-                lo = (424 - c) / 2
-                start, end, mirror = (lo, lo), (lo + c, lo + c), 0
-            images = fn.resize(images, size=(s.image_size, s.image_size), roi_start=start, roi_end=end,
-                               roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
+        exts = ["jpg", "i64"] + (["f32"] if s.labelled else [])
+        dtypes = [types.UINT8, types.INT64] + ([types.FLOAT] if s.labelled else [])
+        outs = fn.readers.webdataset(
+            paths=s.paths, index_paths=[sh.index for sh in s.shards], ext=exts, dtypes=dtypes,
+            missing_component_behavior="error", random_shuffle=s.train,
+            initial_fill=min(s.shuffle_buffer, max(1, self.n_samples)), seed=s.stream_seed(),
+            shard_id=s.rank, num_shards=s.world_size, pad_last_batch=not s.train, stick_to_shard=not s.train,
+            name="reader")
+        jpg, ids = outs[0], outs[1]
+        # fancy upsampling: the GPU decoder then upsamples 4:2:0 chroma as libjpeg-turbo (cpu, PIL) does
+        images = fn.decoders.image(jpg, device="mixed" if self.gpu else "cpu", output_type=types.RGB,
+                                   jpeg_fancy_upsampling=True)
+        images, start, end, mirror = self._geometry(images)
+        images = fn.resize(images, size=(s.image_size, s.image_size), roi_start=start, roi_end=end,
+                           roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
+        if self.normalize_in_graph:
             images = fn.crop_mirror_normalize(
-                images, dtype=types.FLOAT16 if gpu else types.FLOAT, output_layout="HWC", mirror=mirror,
-                mean=[255 * m for m in IMAGENET_MEAN], std=[255 * v for v in IMAGENET_STD])
-            if gpu:
-                ids = ids.gpu()
-            out = [images, ids]
-            if s.labelled:
-                out.append(outs[2].gpu() if gpu else outs[2])
-            return tuple(out)
+                images, dtype=types.FLOAT16 if s.dtype == torch.float16 else types.FLOAT, output_layout="HWC",
+                mirror=mirror, mean=[255 * m for m in IMAGENET_MEAN], std=[255 * v for v in IMAGENET_STD])
+        elif s.train:
+            images = fn.flip(images, horizontal=mirror)
+        out = [images, ids]  # ids stay on the CPU: they are only read back there
+        if s.labelled:
+            out.append(outs[2].gpu() if self.gpu else outs[2])
+        return tuple(out)
 
-        pipe = graph()
-        pipe.build()
-        return pipe
+    def _geometry(self, images):
+        """(images, roi start, roi end, mirror) of the final crop. Train: a centred pre-crop just large
+        enough to rotate without blank corners, a uniform rotation, the (jittered) box and a flip."""
+        s = self.spec
+        c = float(s.crop_size)
+        if not s.train:
+            lo = (IMAGE_SIDE - c) / 2
+            return images, (lo, lo), (lo + c, lo + c), 0
+        side = s.rotation_crop_side()
+        if side < IMAGE_SIDE:
+            images = fn.crop(images, crop=(side, side))
+        images = fn.rotate(images, angle=fn.random.uniform(range=(0.0, 360.0)), keep_size=True, fill_value=0)
+        centre = side / 2
+        if s.zoom:
+            c = c * fn.random.uniform(range=(1 - s.zoom, 1 + s.zoom))
+        if s.zoom or s.shift:
+            dy = fn.random.uniform(range=(-s.shift, s.shift)) * s.crop_size if s.shift else 0.0
+            dx = fn.random.uniform(range=(-s.shift, s.shift)) * s.crop_size if s.shift else 0.0
+            start = fn.stack(centre + dy - c / 2, centre + dx - c / 2)
+            end = fn.stack(centre + dy + c / 2, centre + dx + c / 2)
+        else:
+            start, end = (centre - c / 2,) * 2, (centre + c / 2,) * 2
+        return images, start, end, fn.random.coin_flip(probability=0.5)
+
+    # --- running it --------------------------------------------------------------------------------
+    def _fail(self, exc: Exception, what: str) -> LoaderError:
+        where = f"on {self.spec.device}" if self.gpu else "on the CPU"
+        hint = PIL_HINT if self.gpu else "check the shards with `python -m shard_tools verify OUT --decode`"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        return LoaderError(f"{self.name} failed {what} {where}: {first}; {hint}")
+
+    def prepare(self) -> DALILoader:
+        """Builds the pipeline and its iterator, which runs it up to the first batch. Idempotent; safe to
+        call from a background thread while another pipeline runs."""
+        if self._iterator is not None:
+            return self
+        s = self.spec
+        device_id = (s.device.index if s.device.index is not None else torch.cuda.current_device()) if self.gpu else None
+        try:
+            pipe = pipeline_def(self._graph, batch_size=s.batch_size, num_threads=self.threads, device_id=device_id,
+                                seed=s.stream_seed(), prefetch_queue_depth=2)()
+            pipe.build()
+            names = ["images", "ids"] + (["labels"] if s.labelled else [])
+            if s.train:
+                policy = LastBatchPolicy.DROP
+            else:
+                policy = LastBatchPolicy.FILL if s.pad_last_batch else LastBatchPolicy.PARTIAL
+            self._iterator = DALIGenericIterator([pipe], names, reader_name="reader", last_batch_policy=policy,
+                                                 auto_reset=False)
+        except RuntimeError as exc:  # nvJPEG/nvImageCodec not loading, an old driver, out of memory, a bad shard
+            raise self._fail(exc, "to start") from exc
+        self._pipe = pipe
+        return self
+
+    def _batch(self, out: dict, valid: int | None) -> Batch:
+        s = self.spec
+        images = out["images"]
+        if self.normalize_in_graph:
+            images = images.permute(0, 3, 1, 2)  # NHWC memory = channels-last NCHW
+            if images.device != s.device:
+                images = images.to(s.device, non_blocking=True)
+        else:
+            images = normalize_on_device(images, s)
+        labels = out["labels"].to(s.device, non_blocking=True) if s.labelled else None
+        return Batch(images=images, labels=labels, ids=out["ids"].reshape(-1), valid=valid)
 
     def __iter__(self):
-        _, _, _, DALIGenericIterator, LastBatchPolicy = _import_dali()
-        pipe = self.build_pipeline()
-        names = ["images", "ids"] + (["labels"] if self.spec.labelled else [])
-        policy = LastBatchPolicy.DROP if self.spec.train else LastBatchPolicy.PARTIAL
-        it = DALIGenericIterator([pipe], names, reader_name="reader", last_batch_policy=policy, auto_reset=False)
+        self.prepare()
+        s = self.spec
+        it = self._iterator
+        valid = s.valid_rows(self.n_samples, self.n_batches) if s.pad_last_batch else [None] * self.n_batches
         try:
-            for _, out in zip(range(self.n_batches), it):
-                d = out[0]
-                yield Batch(images=d["images"].permute(0, 3, 1, 2),  # NHWC memory = channels-last NCHW
-                            labels=d["labels"] if self.spec.labelled else None,
-                            ids=d["ids"].reshape(-1))
+            for i in range(self.n_batches):
+                try:
+                    out = next(it)[0]
+                except StopIteration:
+                    raise LoaderError(f"{self.name}: the shards ran out after {i} of {self.n_batches} batches; "
+                                      f"an index or the manifest disagrees with its tar") from None
+                except RuntimeError as exc:
+                    raise self._fail(exc, f"at batch {i + 1}") from exc
+                yield self._batch(out, valid[i])
         finally:
-            del it, pipe
+            self._rewind()
+
+    def _rewind(self):
+        """Train: one epoch, so the pipeline goes. Eval: read the pass to its end and reset, so the same
+        pipeline serves the next pass (also after a consumer stopped early)."""
+        if self.spec.train or self._iterator is None:
+            self.close()
+            return
+        try:
+            for _ in self._iterator:
+                pass
+            self._iterator.reset()
+        except RuntimeError:
+            self.close()  # rebuilt on the next pass
+
+    def close(self):
+        self._iterator = self._pipe = None

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shard_tools.verify import read_index
-
-from .data import index_path
+from shard_tools.layout import index_path, read_index
 
 
 def read_labels(tar_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -14,12 +12,10 @@ def read_labels(tar_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     for tar in tar_paths:
         with open(tar, "rb") as f:
             for sample in read_index(index_path(tar)):
-                entries = {ext: (offset, size) for ext, offset, size, _ in sample}
-                key = sample[0][3].partition(".")[0]
-                if "f32" not in entries:
-                    raise ValueError(f"{tar}: sample {key} has no labels (a test shard?)")
-                off, size = entries["f32"]
-                f.seek(off)
-                labels.append(np.frombuffer(f.read(size), "<f4"))
-                ids.append(int(key))
+                f32 = next((e for e in sample if e.ext == "f32"), None)
+                if f32 is None:
+                    raise ValueError(f"{tar}: sample {sample[0].key} has no labels (a test shard?)")
+                f.seek(f32.offset)
+                labels.append(np.frombuffer(f.read(f32.size), "<f4"))
+                ids.append(int(sample[0].key))
     return np.array(ids, np.int64), np.stack(labels) if labels else np.zeros((0, 37), np.float32)

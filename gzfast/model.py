@@ -14,39 +14,25 @@ from torch import nn
 
 from shard_tools.schema import QUESTIONS
 
-HEADS = ("sigmoid", "tree")
+from .config import HEADS
 
 
 class TreeHead(nn.Module):
     """Maps 37 raw outputs to vote fractions that obey the decision tree."""
 
-    def __init__(self):
-        super().__init__()
-        by_number = {q.number: q for q in QUESTIONS}
-        parent_question = {q.number: next((p.number for p in QUESTIONS if q.parent in p.columns), None)
-                           for q in QUESTIONS}
-        order, done = [], set()
-        while len(order) < len(QUESTIONS):  # parents before children
-            for n, q in by_number.items():
-                if n not in done and (parent_question[n] is None or parent_question[n] in done):
-                    order.append(q)
-                    done.add(n)
-        self.order = order
-
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         # clamp at 0; the tiny floor spreads a question whose answers are all clamped evenly instead of
         # zeroing it, so its answers still sum to the parent value
         raw = raw.float().clamp_min(0) + 1e-6
-        columns: dict[int, torch.Tensor] = {}  # built out of place: autograd needs every parent intact
-        for q in self.order:
-            cols = list(q.columns)
-            part = raw[:, cols]
+        columns: list[torch.Tensor | None] = [None] * raw.shape[1]  # out of place: autograd needs parents intact
+        for q in QUESTIONS:  # parents come first (asserted in the schema)
+            part = raw[:, list(q.columns)]
             part = part / (part.sum(dim=1, keepdim=True) + 1e-12)
             if q.parent is not None:
                 part = part * columns[q.parent]
-            for k, c in enumerate(cols):
+            for k, c in enumerate(q.columns):
                 columns[c] = part[:, k:k + 1]
-        return torch.cat([columns[c] for c in range(len(columns))], dim=1)
+        return torch.cat(columns, dim=1)
 
 
 class GZ2Model(nn.Module):
@@ -55,7 +41,6 @@ class GZ2Model(nn.Module):
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
         self.backbone = timm.create_model(name, pretrained=False, num_classes=37, drop_path_rate=drop_path_rate)
-        self.head_kind = head
         self.tree = TreeHead() if head == "tree" else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

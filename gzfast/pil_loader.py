@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import (IMAGENET_MEAN, IMAGENET_STD, SOURCE_SIZE, Batch, LoaderError, LoaderSpec,
-                   batch_count, shard_sample_count)
+from shard_tools.layout import IMAGE_SIDE
+
+from .data import Batch, LoaderError, LoaderSpec, batch_count, normalize_on_device
 
 
 def pil_transform(jpg: bytes, gid: int, spec: LoaderSpec) -> np.ndarray:
@@ -23,8 +24,8 @@ def pil_transform(jpg: bytes, gid: int, spec: LoaderSpec) -> np.ndarray:
     c = float(spec.crop_size)
     if spec.train:
         rng = np.random.default_rng([spec.seed, spec.epoch, gid])
-        side = spec.rotation_margin()
-        lo = (SOURCE_SIZE - side) // 2
+        side = spec.rotation_crop_side()
+        lo = (IMAGE_SIDE - side) // 2
         img = img.crop((lo, lo, lo + side, lo + side)).rotate(rng.uniform(0, 360), Image.BILINEAR, fillcolor=0)
         if spec.zoom:
             c *= rng.uniform(1 - spec.zoom, 1 + spec.zoom)
@@ -34,7 +35,7 @@ def pil_transform(jpg: bytes, gid: int, spec: LoaderSpec) -> np.ndarray:
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
     else:
-        lo = (SOURCE_SIZE - c) / 2
+        lo = (IMAGE_SIDE - c) / 2
         img = img.resize((spec.image_size,) * 2, Image.BILINEAR, box=(lo, lo, lo + c, lo + c))
     return np.asarray(img)
 
@@ -57,8 +58,9 @@ class _Decode:
 class PILLoader:
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
-        self.rank_paths = spec.paths[spec.rank::spec.world_size]
-        counts = [shard_sample_count(p) for p in self.rank_paths]
+        rank_shards = spec.shards[spec.rank::spec.world_size]
+        self.rank_paths = [sh.path for sh in rank_shards]
+        counts = [sh.samples for sh in rank_shards]
         workers = spec.workers if spec.workers is not None else min(os.cpu_count() or 1, 8)
         self.workers = max(0, min(workers, len(self.rank_paths)))
         if spec.train:
@@ -69,11 +71,13 @@ class PILLoader:
         else:  # each worker batches its own shards: count the partial batch of every worker
             k = max(self.workers, 1)
             self.n_batches = sum(math.ceil(sum(counts[w::k]) / spec.batch_size) for w in range(k))
-        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 
     def __len__(self):
         return self.n_batches
+
+    def prepare(self) -> PILLoader:
+        """Nothing to build ahead: the workers start when iteration does (fork is cheap)."""
+        return self
 
     def _dataset(self):
         import webdataset as wds
@@ -92,7 +96,10 @@ class PILLoader:
                                              drop_last=s.train, persistent_workers=False,
                                              multiprocessing_context="fork" if self.workers else None)
         for _, b in zip(range(self.n_batches), loader):
-            # uint8 crosses the worker boundary (4x less than float); normalize here, channels-last
-            images = b["images"].permute(0, 3, 1, 2).float().sub_(self.mean).div_(self.std)
-            yield Batch(images=images.contiguous(memory_format=torch.channels_last),
-                        labels=b.get("labels"), ids=b["ids"])
+            valid = None
+            if s.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
+                valid, short = len(b["ids"]), s.batch_size - len(b["ids"])
+                b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()}
+            # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
+            labels = b["labels"].to(s.device, non_blocking=True) if "labels" in b else None
+            yield Batch(images=normalize_on_device(b["images"], s), labels=labels, ids=b["ids"], valid=valid)

@@ -1,17 +1,20 @@
 """Train a GZ2 ConvNeXt on packed shards: `[accelerate launch] gzfast/train.py [--curriculum [SCHEDULE]] ...`.
 
 The study's settings are the defaults (DESIGN §1); a curriculum stage is just another shard list. The
-training step sees only (images, labels); which loader made them is not its business. Host syncs happen
-only every `log_every` steps (loss logging, NaN check, stop requests) and at epoch ends.
+training step sees only (images, labels) already on the device; which loader made them is not its
+business. Host syncs happen only every `log_every` steps (loss logging, NaN check, stop requests) and at
+epoch ends. The next epoch's loader is built in the background while the current epoch ends and
+validation runs; the validation loader is built once and reused.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (accelerate launch gzfast/train.py): make `gzfast` importable
@@ -23,16 +26,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gzfast import checkpoint as ckpt
+from gzfast.build import Training, build_training, make_accelerator
 from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, explicit_values
-from gzfast.curriculum import parse_schedule, shards_for_epoch, split_shards, stage_at
+from gzfast.curriculum import ScheduleError, check_schedule, parse_schedule, shards_for_epoch, stage_at
 from gzfast.data import LoaderError, make_loader
 from gzfast.labels import read_labels
 from gzfast.metrics import evaluation_report, rmse
-from gzfast.model import GZ2Model, freeze, load_pretrained, param_groups
-from shard_tools.pack import load_manifest
+from shard_tools.layout import LayoutError, PackedSet
 
 # Fields of metrics.jsonl that measure time; everything else is reproducible given the seed.
-TIMING_KEYS = {"time", "epoch_time", "data_wait", "compute_time", "eval_time", "images_per_s"}
+TIMING_KEYS = {"time", "epoch_time", "data_wait", "first_batch_wait", "compute_time", "eval_time", "images_per_s"}
 
 
 class TrainingStopped(Exception):
@@ -80,80 +83,62 @@ def resolve_config(argv, cuda: bool) -> tuple[TrainConfig, dict | None]:
     return wanted, state
 
 
+@dataclass
+class EpochStats:
+    """Running sums of the epoch in progress; mid-epoch checkpoints carry them, so a resumed epoch
+    reports what an uninterrupted one would."""
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    window_sum: float = 0.0      # loss since the last log point
+    window_count: int = 0
+    window_start: int = 0        # step of the last log point
+    data_wait: float = 0.0       # host time blocked on the loader
+    first_batch_wait: float = 0.0  # of that, the wait for the epoch's first batch (what an epoch boundary costs)
+    train_time: float = 0.0
+    samples: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> EpochStats:
+        return cls(**state)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume_state: dict | None = None):
-        from accelerate import Accelerator
-
         self.cfg = cfg
-        self.cuda = torch.cuda.is_available()
-        self.accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-                                       gradient_accumulation_steps=cfg.grad_accum, cpu=not self.cuda)
-        acc = self.accelerator
-        self.main = acc.is_main_process
+        acc = make_accelerator(cfg)
+        self.accelerator = acc
+        self.is_main = acc.is_main_process
         self.run_dir = Path(cfg.out)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        world = acc.num_processes
-        if cfg.batch_size % (world * cfg.grad_accum):
-            raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by processes x grad-accum "
-                              f"({world} x {cfg.grad_accum})")
-        self.micro_batch = cfg.batch_size // (world * cfg.grad_accum)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-
-        self.manifest = load_manifest(cfg.shards)
-        self.manifest["root"] = str(Path(cfg.shards))
-        self.data_fingerprint = ckpt.manifest_fingerprint(self.manifest)
+        self.data = PackedSet.open(cfg.shards)
         self.schedule = parse_schedule(cfg.schedule_text(), cfg.epochs)
-        self.val_paths = split_shards(self.manifest, "val")
-        thresholds = self.manifest["thresholds"]
-        self.high, self.low = thresholds["high"], thresholds["low"]
-
-        from accelerate.utils import set_seed
-        set_seed(cfg.seed)
-        self.model = GZ2Model(cfg.model, cfg.head)
-        self.notes = []
-        if cfg.pretrained:
-            info = load_pretrained(self.model, cfg.pretrained)
-            self.notes.append(f"loaded {info['loaded']} tensors from {cfg.pretrained} (classifier replaced)")
-        else:
-            self.notes.append("WARNING: no --pretrained weights given: training starts from RANDOM weights "
-                              "(no model hub is used; pass a local timm state dict to fine-tune as the study did)")
-        if not self.cuda and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1:
-            self.notes.append(f"note: torch uses 1 of {os.cpu_count()} CPU threads (accelerate launch sets "
-                              f"OMP_NUM_THREADS=1): pass --num_cpu_threads_per_process {os.cpu_count()} to it")
-        frozen = freeze(self.model, cfg.freeze_stages)
-        self.notes.append(f"frozen: stem + {cfg.freeze_stages} stage(s) ({frozen:,} parameters); "
-                          f"trainable {sum(p.numel() for p in self.model.parameters() if p.requires_grad):,}")
-        self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay))
-        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
-        self.best_rmse = math.inf
-        self.acc_state = self._fresh_epoch_state()
-        if resume_state is not None:
-            self._check_resume(resume_state)
-            self.model.load_state_dict(resume_state["model"])
-            self.optimizer.load_state_dict(resume_state["optimizer"])
-            self.epoch, self.step_in_epoch = resume_state["epoch"], resume_state["step"]
-            self.global_step, self.best_rmse = resume_state["global_step"], resume_state["best_rmse"]
-            self.acc_state = resume_state["epoch_state"]
-            self._truncate_metrics(resume_state["metrics_lines"])
-        model = torch.compile(self.model) if cfg.compile == "on" else self.model
-        self.train_model, self.optimizer = acc.prepare(model, self.optimizer)
-        if resume_state is not None:
-            ckpt.set_rng_state(resume_state["rng"])
-        self.stop_signal = None
-        self.start_time = time.time() - (resume_state or {}).get("elapsed", 0.0)
-        self.metrics_lines = self._count_metrics_lines()
-
-    # ---------------------------------------------------------------------------------------------
-    def _check_resume(self, state: dict):
-        if state["data_fingerprint"] != self.data_fingerprint and not self.cfg.force:
-            raise ConfigError(f"--resume refused: the shards in {self.cfg.shards} differ from the ones this run "
+        check_schedule(self.data, self.schedule)
+        self.val_paths = self.data.paths("val")
+        self.high, self.low = self.data.thresholds["high"], self.data.thresholds["low"]
+        if resume_state is not None and resume_state["data_fingerprint"] != self.data.fingerprint and not cfg.force:
+            raise ConfigError(f"--resume refused: the shards in {cfg.shards} differ from the ones this run "
                               f"was trained on (manifest changed); pass --force to continue anyway")
+        resume = resume_state or {}
+        self.t: Training = build_training(cfg, acc, resume.get("model"), resume.get("optimizer"))
+        self.base_lrs = [g["lr"] for g in self.t.optimizer.param_groups]
+        self.epoch, self.step_in_epoch = resume.get("epoch", 0), resume.get("step", 0)
+        self.global_step, self.best_rmse = resume.get("global_step", 0), resume.get("best_rmse", math.inf)
+        self.stats = EpochStats.from_state(resume["epoch_stats"]) if resume else EpochStats()
+        if resume:
+            self._truncate_metrics(resume["metrics_lines"])
+            ckpt.set_rng_state(resume["rng"])
+        self.stop_signal = None
+        self.start_time = time.time() - resume.get("elapsed", 0.0)
+        self.metrics_lines = self._count_metrics_lines()
+        self.val_loader = None
+        self.prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-epoch-loader")
+        self.next_loader = None  # (epoch, future of its prepared loader)
 
+    # --- bookkeeping ---------------------------------------------------------------------------------
     def _count_metrics_lines(self) -> int:
         if not self.metrics_path.exists():
             return 0
@@ -162,17 +147,12 @@ class Trainer:
 
     def _truncate_metrics(self, keep: int):
         """Drops what was logged after the checkpoint: the resumed run logs it again."""
-        if self.main and self.metrics_path.exists():
+        if self.is_main and self.metrics_path.exists():
             lines = self.metrics_path.read_text().splitlines(keepends=True)[:keep]
             self.metrics_path.write_text("".join(lines))
 
-    @staticmethod
-    def _fresh_epoch_state() -> dict:
-        return {"loss_sum": 0.0, "loss_count": 0, "window_sum": 0.0, "window_count": 0, "window_start": 0,
-                "data_wait": 0.0, "train_time": 0.0, "samples": 0}
-
     def log(self, record: dict):
-        if not self.main:
+        if not self.is_main:
             return
         record = {**record, "time": round(time.time() - self.start_time, 3)}
         with open(self.metrics_path, "a") as f:
@@ -194,15 +174,12 @@ class Trainer:
         copies it to best.pt."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        if not self.main:
+        if not self.is_main:
             return
-        model = acc.unwrap_model(self.train_model)
-        model = getattr(model, "_orig_mod", model)
-        state = {"config": self.cfg.to_dict(), "data_fingerprint": self.data_fingerprint,
-                 "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"config": self.cfg.to_dict(), "data_fingerprint": self.data.fingerprint,
+                 "model": self.t.model.state_dict(), "optimizer": self.t.optimizer.state_dict(),
                  "epoch": epoch, "step": step, "global_step": self.global_step, "best_rmse": self.best_rmse,
-                 "stage": stage_at(self.schedule, min(epoch, self.cfg.epochs - 1))[0],
-                 "epoch_state": dict(self.acc_state), "rng": ckpt.rng_state(),
+                 "epoch_stats": self.stats.state_dict(), "rng": ckpt.rng_state(),
                  "metrics_lines": self.metrics_lines, "elapsed": time.time() - self.start_time}
         ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
         if best:
@@ -212,7 +189,7 @@ class Trainer:
         if self.stop_signal is not None:  # a second Ctrl-C: stop now, the last checkpoint stays
             raise KeyboardInterrupt
         self.stop_signal = signum
-        if self.main:
+        if self.is_main:
             print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next step, then exiting "
                   f"(again to abort without saving)", file=sys.stderr, flush=True)
 
@@ -225,52 +202,54 @@ class Trainer:
         flag = torch.tensor([1.0 if self.stop_signal is not None else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, "max").item())
 
-    # ---------------------------------------------------------------------------------------------
-    def training_labels_mean(self) -> np.ndarray:
-        _, labels = read_labels(split_shards(self.manifest, "train"))
-        return labels.astype(np.float64).mean(axis=0)
+    # --- loaders -------------------------------------------------------------------------------------
+    def _loader_args(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        return dict(batch_size=self.t.micro_batch, image_size=cfg.image_size, crop_size=cfg.crop_size,
+                    rank=acc.process_index, world_size=acc.num_processes, seed=cfg.seed, workers=cfg.workers,
+                    device=acc.device, dtype=self.t.image_dtype)
 
-    @torch.no_grad()
-    def evaluate(self) -> dict | None:
-        if not self.val_paths:
-            return None
-        acc = self.accelerator
-        self.train_model.eval()
-        loader = make_loader(self.cfg.loader, self.val_paths, train=False, batch_size=self.micro_batch,
-                             image_size=self.cfg.image_size, crop_size=self.cfg.crop_size,
-                             rank=acc.process_index, world_size=acc.num_processes, seed=self.cfg.seed,
-                             workers=self.cfg.workers)
-        preds, labels, ids = [], [], []
-        for batch in loader:
-            with acc.autocast():
-                out = self.train_model(batch.images.to(acc.device, non_blocking=True))
-            preds.append(out.float().cpu())
-            labels.append(batch.labels.float().cpu())
-            ids.append(batch.ids.cpu())
-        self.train_model.train()
-        from accelerate.utils import gather_object
-        parts = gather_object([(torch.cat(preds).numpy(), torch.cat(labels).numpy(), torch.cat(ids).numpy())])
-        pred = np.concatenate([p[0] for p in parts])
-        target = np.concatenate([p[1] for p in parts])
-        return evaluation_report(pred, target, self.high, self.low)
+    def _train_loader(self, epoch: int):
+        cfg = self.cfg
+        return make_loader(cfg.loader, shards_for_epoch(self.data, self.schedule, epoch), train=True, epoch=epoch,
+                           zoom=cfg.zoom, shift=cfg.shift, **self._loader_args())
 
+    def _prepared_train_loader(self, epoch: int):
+        """Epoch `epoch`'s loader: the one built in the background during the previous epoch, if any."""
+        if self.next_loader is not None and self.next_loader[0] == epoch:
+            future, self.next_loader = self.next_loader[1], None
+            return future.result()
+        return self._train_loader(epoch)
+
+    def _prepare_next_epoch(self, epoch: int):
+        def build():
+            loader = self._train_loader(epoch)
+            prepare = getattr(loader, "prepare", None)  # optional: a loader that builds lazily has none
+            return prepare() if prepare else loader
+
+        if epoch < self.cfg.epochs:
+            self.next_loader = (epoch, self.prefetch.submit(build))
+
+    # --- training ------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> bool:
         """One epoch from `self.step_in_epoch`. Returns False if stopped by a signal (checkpoint saved)."""
-        cfg, acc = self.cfg, self.accelerator
         stage_index, stage = stage_at(self.schedule, epoch)
-        paths = shards_for_epoch(self.manifest, self.schedule, epoch)
-        loader = make_loader(cfg.loader, paths, train=True, batch_size=self.micro_batch, image_size=cfg.image_size,
-                             crop_size=cfg.crop_size, rank=acc.process_index, world_size=acc.num_processes,
-                             seed=cfg.seed, epoch=epoch, workers=cfg.workers, zoom=cfg.zoom, shift=cfg.shift)
+        t0 = time.perf_counter()
+        loader = self._prepared_train_loader(epoch)
+        if not self.run_steps(epoch, loader, stage.name, t0):
+            return False
+        self._prepare_next_epoch(epoch + 1)  # built while validation runs
+        self.end_epoch(epoch, stage_index, stage.name)
+        return True
+
+    def run_steps(self, epoch: int, loader, stage_name: str, t_start: float) -> bool:
+        """The step loop of one epoch, from `self.step_in_epoch` to the end of `loader`."""
+        cfg, acc, st = self.cfg, self.accelerator, self.stats
         n_batches = len(loader)
-        st = self.acc_state
-        device = acc.device
-        loss_sum = torch.tensor(st["loss_sum"], device=device, dtype=torch.float64)
-        window_sum = torch.tensor(st["window_sum"], device=device, dtype=torch.float64)
-        bar = tqdm(total=n_batches, initial=self.step_in_epoch, disable=None if self.main else True, leave=False,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs} [{stage.name}]", unit="batch", dynamic_ncols=True)
-        self.train_model.train()
-        t_start = time.perf_counter()
+        device_sums = torch.tensor([st.loss_sum, st.window_sum], device=acc.device, dtype=torch.float64)
+        bar = tqdm(total=n_batches, initial=self.step_in_epoch, disable=None if self.is_main else True, leave=False,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs} [{stage_name}]", unit="batch", dynamic_ncols=True)
+        self.t.train_model.train()
         it = iter(loader)
         for _ in range(self.step_in_epoch):  # resumed mid-epoch: the same stream, skipped to where it stopped
             next(it)
@@ -278,124 +257,157 @@ class Trainer:
         while step < n_batches:
             t0 = time.perf_counter()
             batch = next(it)
-            st["data_wait"] += time.perf_counter() - t0
-            for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            waited = time.perf_counter() - (t_start if step == self.step_in_epoch else t0)
+            st.data_wait += waited
+            if step == self.step_in_epoch:
+                st.first_batch_wait += waited
+            for g, base in zip(self.t.optimizer.param_groups, self.base_lrs):
                 g["lr"] = base * self.lr_factor(epoch + step / n_batches)
-            # a no-op for dali-gpu batches; CPU loaders on a GPU machine hand over here
-            images = batch.images.to(acc.device, non_blocking=True)
-            labels = batch.labels.to(acc.device, non_blocking=True)
-            loss = training_step(self.train_model, self.optimizer, acc, images, labels)
-            loss_sum += loss
-            window_sum += loss
-            st["loss_count"] += 1
-            st["window_count"] += 1
-            st["samples"] += len(batch) * acc.num_processes
+            loss = training_step(self.t.train_model, self.t.optimizer, acc, batch.images, batch.labels)
+            device_sums += loss
+            st.loss_count += 1
+            st.window_count += 1
+            st.samples += len(batch) * acc.num_processes
             step += 1
             self.global_step += 1
             bar.update(1)
             at_log = step % cfg.log_every == 0 or step == n_batches
             if at_log:
-                window = (window_sum / st["window_count"]).item()
-                if not math.isfinite(window):
-                    bar.close()
-                    raise TrainingStopped(
-                        f"loss became {window} in steps {st['window_start'] + 1}-{step} of epoch {epoch + 1} "
-                        f"(global step {self.global_step}); stopping. The last good checkpoint is "
-                        f"{self.ckpt_dir / ckpt.LAST if (self.ckpt_dir / ckpt.LAST).exists() else 'not written yet'}; "
-                        f"try a lower --lr-backbone/--lr-head or --precision fp32")
-                self.log({"kind": "step", "epoch": epoch + 1, "step": step, "global_step": self.global_step,
-                          "stage": stage.name, "loss": window,
-                          "lr_backbone": self.optimizer.param_groups[0]["lr"]})
-                bar.set_postfix(loss=f"{window:.5f}")
-                window_sum.zero_()
-                st["window_count"], st["window_start"] = 0, step
+                self._log_window(epoch, step, stage_name, device_sums, bar)
             if step < n_batches and self._stop_requested(at_log):
-                st["train_time"] += time.perf_counter() - t_start
-                st["loss_sum"], st["window_sum"] = loss_sum.item(), window_sum.item()
+                self._close_stats(device_sums, t_start)
+                self.step_in_epoch = step
                 self.save_checkpoint(epoch, step)
                 bar.close()
                 return False
-        if self.cuda:
+        if acc.device.type == "cuda":
             torch.cuda.synchronize()
-        st["train_time"] += time.perf_counter() - t_start
-        st["loss_sum"] = loss_sum.item()
+        self._close_stats(device_sums, t_start)
         bar.close()
-        del it, loader
+        return True
 
+    def _close_stats(self, device_sums: torch.Tensor, t_start: float):
+        self.stats.train_time += time.perf_counter() - t_start
+        self.stats.loss_sum, self.stats.window_sum = device_sums.tolist()
+
+    def _log_window(self, epoch: int, step: int, stage_name: str, device_sums: torch.Tensor, bar):
+        """A log point (the only host sync of the loop): the window's mean loss, checked for NaN/inf."""
+        st = self.stats
+        window = device_sums[1].item() / st.window_count
+        if not math.isfinite(window):
+            bar.close()
+            last = self.ckpt_dir / ckpt.LAST
+            raise TrainingStopped(
+                f"loss became {window} in steps {st.window_start + 1}-{step} of epoch {epoch + 1} "
+                f"(global step {self.global_step}); stopping. The last good checkpoint is "
+                f"{last if last.exists() else 'not written yet'}; try a lower --lr-backbone/--lr-head or --precision fp32")
+        self.log({"kind": "step", "epoch": epoch + 1, "step": step, "global_step": self.global_step,
+                  "stage": stage_name, "loss": window, "lr_backbone": self.t.optimizer.param_groups[0]["lr"]})
+        bar.set_postfix(loss=f"{window:.5f}")
+        device_sums[1].zero_()
+        st.window_count, st.window_start = 0, step
+
+    def end_epoch(self, epoch: int, stage_index: int, stage_name: str):
+        """Validation, the epoch's record and console line, best tracking, the epoch-end checkpoint."""
+        st = self.stats
         t_eval = time.perf_counter()
         report = self.evaluate()
         eval_time = time.perf_counter() - t_eval
-        train_loss = st["loss_sum"] / max(st["loss_count"], 1)
-        record = {"kind": "epoch", "epoch": epoch + 1, "stage": stage.name, "stage_index": stage_index,
-                  "train_loss": train_loss, "samples": st["samples"],
+        train_loss = st.loss_sum / max(st.loss_count, 1)
+        record = {"kind": "epoch", "epoch": epoch + 1, "stage": stage_name, "stage_index": stage_index,
+                  "train_loss": train_loss, "samples": st.samples,
                   "val_rmse": report["rmse"] if report else None,
                   "val_per_question": report["per_question"] if report else None,
                   "val_per_tier": report["per_tier"] if report else None,
-                  "epoch_time": st["train_time"] + eval_time, "data_wait": st["data_wait"],
-                  "compute_time": st["train_time"] - st["data_wait"], "eval_time": eval_time,
-                  "images_per_s": st["samples"] / max(st["train_time"], 1e-9)}
+                  "epoch_time": st.train_time + eval_time, "data_wait": st.data_wait,
+                  "first_batch_wait": st.first_batch_wait, "compute_time": st.train_time - st.data_wait,
+                  "eval_time": eval_time, "images_per_s": st.samples / max(st.train_time, 1e-9)}
         self.log(record)
-        if self.main:
+        if self.is_main:
             tiers = " ".join(f"{k} {v:.4f}" for k, v in (record["val_per_tier"] or {}).items())
             val = f"val RMSE {record['val_rmse']:.5f} ({tiers})" if report else "no val shards"
-            print(f"epoch {epoch + 1:>3}/{cfg.epochs} [{stage.name}] loss {train_loss:.5f} {val} "
-                  f"{record['epoch_time']:.1f} s (data wait {st['data_wait']:.1f} s) {record['images_per_s']:,.0f} img/s",
+            print(f"epoch {epoch + 1:>3}/{self.cfg.epochs} [{stage_name}] loss {train_loss:.5f} {val} "
+                  f"{record['epoch_time']:.1f} s (data wait {st.data_wait:.1f} s) {record['images_per_s']:,.0f} img/s",
                   flush=True)
-        val_rmse = record["val_rmse"]
-        improved = val_rmse is not None and val_rmse <= self.best_rmse
+        improved = report is not None and report["rmse"] <= self.best_rmse
         if improved:
-            self.best_rmse = val_rmse
-        self.acc_state = self._fresh_epoch_state()
+            self.best_rmse = report["rmse"]
+        self.stats = EpochStats()
         self.step_in_epoch = 0
         self.save_checkpoint(epoch + 1, 0, best=improved)
-        return True
+
+    @torch.no_grad()
+    def evaluate(self) -> dict | None:
+        """Validation RMSE over every val sample once, across processes. Fixed-shape batches (the last one
+        padded, the padding dropped) so a compiled model never recompiles; predictions stay on the
+        device until one copy at the end."""
+        if not self.val_paths:
+            return None
+        acc = self.accelerator
+        if self.val_loader is None:
+            self.val_loader = make_loader(self.cfg.loader, self.val_paths, train=False, pad_last_batch=True,
+                                          **self._loader_args())
+        model = self.t.train_model
+        model.eval()
+        preds, targets = [], []
+        for batch in self.val_loader:
+            with acc.autocast():
+                out = model(batch.images)
+            preds.append(out[:len(batch)].float())
+            targets.append(batch.labels[:len(batch)])
+        model.train()
+        mine = (torch.cat(preds).cpu().numpy(), torch.cat(targets).cpu().numpy()) if preds else \
+            (np.zeros((0, 37), np.float32), np.zeros((0, 37), np.float32))
+        from accelerate.utils import gather_object
+        parts = gather_object([mine])
+        return evaluation_report(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                                 self.high, self.low)
 
     def fit(self) -> int:
         cfg = self.cfg
-        if self.main:
+        if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
             print("config: " + json.dumps(cfg.to_dict()), flush=True)
             print(f"processes {self.accelerator.num_processes}, device {self.accelerator.device}, "
-                  f"micro-batch {self.micro_batch} x grad-accum {cfg.grad_accum}", flush=True)
-            for note in self.notes:
+                  f"micro-batch {self.t.micro_batch} x grad-accum {cfg.grad_accum}", flush=True)
+            for note in self.t.notes:
                 print(note, flush=True)
         if self.epoch >= cfg.epochs:
-            if self.main:
+            if self.is_main:
                 print(f"{self.run_dir}: already trained for {cfg.epochs} epochs; nothing to do")
             return 0
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.epoch < cfg.epochs:
-                if not self.train_epoch(self.epoch):
-                    if self.main:
-                        print(f"stopped at epoch {self.epoch + 1}, step {self.global_step}; checkpoint saved in "
-                              f"{self.ckpt_dir / ckpt.LAST}. Continue with: --resume --out {self.run_dir}",
+                finished = self.train_epoch(self.epoch)
+                if finished:
+                    self.epoch += 1
+                # a signal during the epoch's last step stops after its checkpoint
+                if not finished or (self.epoch < cfg.epochs and self._stop_requested(True)):
+                    if self.is_main:
+                        print(f"stopped in epoch {self.epoch + 1}, at global step {self.global_step}; checkpoint "
+                              f"saved in {self.ckpt_dir / ckpt.LAST}. Continue with: --resume --out {self.run_dir}",
                               file=sys.stderr, flush=True)
-                    return 128 + int(self.stop_signal)
-                self.epoch += 1
-                if self.epoch < cfg.epochs and self._stop_requested(True):  # signal during the epoch's last step
-                    if self.main:
-                        print(f"stopped after epoch {self.epoch}; checkpoint saved in {self.ckpt_dir / ckpt.LAST}. "
-                              f"Continue with: --resume --out {self.run_dir}", file=sys.stderr, flush=True)
                     return 128 + int(self.stop_signal)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-        if self.main:
+            self.prefetch.shutdown(wait=True, cancel_futures=True)
+        if self.is_main:
             self.summary()
         return 0
 
     def summary(self):
         """Final table: this run against predicting the training mean for every galaxy."""
-        epochs = [json.loads(l) for l in self.metrics_path.read_text().splitlines()]
+        epochs = [json.loads(line) for line in self.metrics_path.read_text().splitlines()]
         epochs = [r for r in epochs if r["kind"] == "epoch"]
         if not self.val_paths:
             print("no validation shards: no summary")
             return
         _, val_labels = read_labels(self.val_paths)
-        mean = self.training_labels_mean()
-        baseline = rmse(np.broadcast_to(mean, val_labels.shape), val_labels)
+        _, train_labels = read_labels(self.data.paths("train"))
+        baseline = rmse(np.broadcast_to(train_labels.astype(np.float64).mean(axis=0), val_labels.shape), val_labels)
         final = epochs[-1]["val_rmse"]
         best = min(r["val_rmse"] for r in epochs)
         total = sum(r["epoch_time"] for r in epochs)
@@ -418,7 +430,7 @@ def main(argv=None) -> int:
         cfg, state = resolve_config(argv, torch.cuda.is_available())
         trainer = Trainer(cfg, state)
         return trainer.fit()
-    except (ConfigError, LoaderError, FileNotFoundError, TrainingStopped) as exc:
+    except (ConfigError, LoaderError, LayoutError, ScheduleError, TrainingStopped) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, TrainingStopped) else 3
 

@@ -48,10 +48,11 @@ def main(argv=None) -> int:
             print(f"pack: error: {exc}", file=sys.stderr)
             return 2
     elif args.cmd == "verify":
+        from .layout import LayoutError
         from .verify import verify
         try:
             problems = verify(args.out, decode=args.decode, workers=args.workers)
-        except FileNotFoundError as exc:
+        except LayoutError as exc:
             print(f"verify: error: {exc}", file=sys.stderr)
             return 2
         for line in problems:

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .layout import IMAGE_SIDE
 from .schema import COLUMNS, CSV_HEADER, label_problem
 
 LABELS_CSV = "training_solutions_rev1.csv"
 TRAIN_IMAGES = "images_training_rev1"
 TEST_IMAGES = "images_test_rev1"
-IMAGE_SIZE = (424, 424)
+IMAGE_SIZE = (IMAGE_SIDE, IMAGE_SIDE)
 _ID_FILE = re.compile(r"^(\d+)\.jpg$")
 
 
@@ -98,7 +99,7 @@ def read_catalog(data_dir: str | Path, tol: float = 1e-4) -> Catalog:
             continue
         keep.append(i)
     labelled = {f"{int(g)}.jpg" for g in ids if g.isdigit()}
-    for name, path in train_files.items():
+    for name in train_files:
         m = _ID_FILE.match(name)
         if not m:
             rejected.append(Rejection(name, f"{TRAIN_IMAGES}/{name}", "train", "file name is not <GalaxyID>.jpg"))

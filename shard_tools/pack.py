@@ -24,11 +24,20 @@ from tqdm import tqdm
 
 from . import schema
 from .catalog import Catalog, Rejection, input_fingerprint, jpeg_problem, read_catalog
+from .layout import (
+    FORMAT,
+    MANIFEST,
+    REJECTED,
+    SAMPLE_PARTS,
+    LayoutError,
+    PackedSet,
+    atomic_path,
+    index_path,
+    shard_name,
+    write_atomic,
+)
 
-MANIFEST = "manifest.json"
-REJECTED = "rejected.csv"
 STATE = ".pack-state"
-FORMAT = "gzfast-shards-v1"
 VAL_RULE = "blake2b-64('gz2-val:' + GalaxyID) / 2**64 < val_fraction"
 
 
@@ -71,27 +80,22 @@ def plan_shards(cat: Catalog, opts: PackOptions) -> list[ShardJob]:
     labels = train[schema.COLUMNS].to_numpy(np.float32)
     val_mask = np.array([is_val(g, opts.val_fraction) for g in train["GalaxyID"]], dtype=bool)
     tiers = schema.tier_of(schema.confidence(labels), opts.high, opts.low)
-    groups = [("train", t, (~val_mask) & (tiers == t), f"train/{t}/gz2-train-{t}") for t in schema.TIERS]
-    groups.append(("val", None, val_mask, "val/gz2-val"))
+    groups = [("train", t, (~val_mask) & (tiers == t)) for t in schema.TIERS]
+    groups.append(("val", None, val_mask))
     jobs = []
-    for split, tier, mask, stem in groups:
+    for split, tier, mask in groups:
         idx = np.flatnonzero(mask)
         for n, start in enumerate(range(0, len(idx), opts.shard_size)):
             part = idx[start:start + opts.shard_size]
-            jobs.append(ShardJob(split, tier, f"{stem}-{n:06d}.tar", tuple(int(g) for g in train["GalaxyID"].iloc[part]),
+            jobs.append(ShardJob(split, tier, shard_name(split, tier, n),
+                                 tuple(int(g) for g in train["GalaxyID"].iloc[part]),
                                  tuple(train["file"].iloc[part]), labels[part]))
     test = cat.test
     for n, start in enumerate(range(0, len(test), opts.shard_size)):
         part = test.iloc[start:start + opts.shard_size]
-        jobs.append(ShardJob("test", None, f"test/gz2-test-{n:06d}.tar", tuple(int(g) for g in part["GalaxyID"]),
+        jobs.append(ShardJob("test", None, shard_name("test", None, n), tuple(int(g) for g in part["GalaxyID"]),
                              tuple(part["file"]), None))
     return jobs
-
-
-def _fsync_replace(tmp: Path, final: Path):
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
 
 
 def write_shard(job: ShardJob, out: Path) -> dict:
@@ -100,8 +104,6 @@ def write_shard(job: ShardJob, out: Path) -> dict:
     from wds2idx import IndexCreator  # ships with nvidia-dali; plain Python, no DALI import
 
     tar_path = out / job.path
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_tar = tar_path.with_name(tar_path.name + f".tmp{os.getpid()}")
     rejected, kept = [], []
     buf = io.BytesIO()
     with wds.TarWriter(buf, user="gz2", group="gz2", mode=0o444, mtime=0, encoder=False) as sink:
@@ -120,17 +122,17 @@ def write_shard(job: ShardJob, out: Path) -> dict:
                 sample["f32"] = job.labels[i].astype("<f4").tobytes()
             sink.write(sample)
             kept.append(gid)
-    record = {"split": job.split, "tier": job.tier, "path": job.path, "index": job.path[:-4] + ".idx",
+    record = {"split": job.split, "tier": job.tier, "path": job.path, "index": index_path(job.path),
               "samples": len(kept), "rejected": rejected}
     if not kept:  # every sample rejected: no shard (DALI cannot read an empty tar)
         return record
     data = buf.getvalue()
-    tmp_tar.write_bytes(data)
-    tmp_idx = tmp_tar.with_suffix(".idx.tmp")
-    with IndexCreator(str(tmp_tar), str(tmp_idx), verbose=False) as creator:
-        creator.create_index()
-    _fsync_replace(tmp_idx, out / record["index"])
-    _fsync_replace(tmp_tar, tar_path)
+    # the index first, from the tar's temp file: a tar on disk always has its index beside it
+    with atomic_path(tar_path) as tmp_tar:
+        tmp_tar.write_bytes(data)
+        with atomic_path(out / record["index"]) as tmp_idx, \
+                IndexCreator(str(tmp_tar), str(tmp_idx), verbose=False) as creator:
+            creator.create_index()
     record.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), first_id=kept[0], last_id=kept[-1])
     return record
 
@@ -142,10 +144,7 @@ def _state_file(out: Path, fingerprint: str, job: ShardJob) -> Path:
 def _run_job(args):
     job, out, fingerprint = args
     record = write_shard(job, out)
-    state = _state_file(out, fingerprint, job)
-    tmp = state.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, state)
+    write_atomic(_state_file(out, fingerprint, job), json.dumps(record))
     return record
 
 
@@ -163,28 +162,15 @@ def _done_record(out: Path, fingerprint: str, job: ShardJob) -> dict | None:
     return None
 
 
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _fsync_replace(tmp, path)
-
-
-def load_manifest(out: str | Path) -> dict:
-    path = Path(out) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest; run `make shards` or `python -m shard_tools pack` first")
-    return json.loads(path.read_text())
-
-
 def _up_to_date(out: Path, fingerprint: str) -> bool:
     try:
-        manifest = load_manifest(out)
-    except (FileNotFoundError, json.JSONDecodeError):
+        packed = PackedSet.open(out)
+    except LayoutError:
         return False
-    if manifest.get("input_fingerprint") != fingerprint:
+    if packed.manifest.get("input_fingerprint") != fingerprint:
         return False
-    return all((out / s["path"]).exists() and (out / s["path"]).stat().st_size == s["bytes"]
-               and (out / s["index"]).exists() for s in manifest["shards"])
+    return all(os.path.exists(s.path) and os.path.getsize(s.path) == s.bytes and os.path.exists(s.index)
+               for s in packed.shards)
 
 
 def pack(data_dir: str | Path, out: str | Path, opts: PackOptions = PackOptions(), workers: int | None = None,
@@ -196,7 +182,7 @@ def pack(data_dir: str | Path, out: str | Path, opts: PackOptions = PackOptions(
     fingerprint = input_fingerprint(data_dir, {**asdict(opts), "format": FORMAT})
     if _up_to_date(out, fingerprint):
         print(f"pack: {out} is up to date with {data_dir} (same input fingerprint); nothing to do")
-        return load_manifest(out)
+        return PackedSet.open(out).manifest
     cat = read_catalog(data_dir, opts.tol)
     jobs = plan_shards(cat, opts)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,13 +243,12 @@ def pack(data_dir: str | Path, out: str | Path, opts: PackOptions = PackOptions(
         "input": str(data_dir.resolve()),
         "input_fingerprint": fingerprint,
         "counts": counts,
-        "sample": {"jpg": "original JPEG bytes", "f32": "37 labels, little-endian float32, Kaggle column order",
-                   "i64": "GalaxyID, little-endian int64"},
+        "sample": SAMPLE_PARTS,
         "columns": schema.COLUMNS,
         "shards": shards,
     }
     _write_rejected(out / REJECTED, rejected)
-    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
     shutil.rmtree(out / STATE, ignore_errors=True)
     rate = n_images / max(time.perf_counter() - t0, 1e-9)
     tiers = ", ".join(f"{t} {counts.get('train_' + t, 0)}" for t in schema.TIERS)
@@ -275,12 +260,11 @@ def pack(data_dir: str | Path, out: str | Path, opts: PackOptions = PackOptions(
 
 
 def _write_rejected(path: Path, rows: list[dict]):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["galaxy_id", "file", "split", "reason"])
-        writer.writeheader()
-        writer.writerows(rows)
-    _fsync_replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["galaxy_id", "file", "split", "reason"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def read_rejected(out: str | Path) -> pd.DataFrame:

@@ -49,6 +49,9 @@ def _questions() -> list[Question]:
 
 
 QUESTIONS: list[Question] = _questions()
+# Kaggle's order puts every question after the one its parent answer belongs to, so one pass in this
+# order sees each parent value before its children (the tree head relies on it).
+assert all(q.parent is None or q.parent < q.columns[0] for q in QUESTIONS), "a question precedes its parent"
 
 # Default tier thresholds (DESIGN §1): high c > 0.94, medium 0.85 <= c <= 0.94, low c < 0.85.
 HIGH = 0.94

@@ -23,9 +23,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from .layout import IMAGE_SIDE, write_atomic
 from .schema import COLUMNS, CSV_HEADER
 
-SIZE = 424
+SIZE = IMAGE_SIDE
 _NOISE_BANK = 768  # side of the per-process pre-drawn sky-noise field; images take random windows of it
 _STRETCH_Q = 30.0  # asinh softening, in flux units
 _STRETCH_MAX = 2048
@@ -317,10 +318,7 @@ def synthesize(out: str | os.PathLike, n_train: int, n_test: int, seed: int = 0,
     table = pd.DataFrame([labels[int(i)] for i in train_ids], columns=COLUMNS)
     table.insert(0, "GalaxyID", train_ids)
     assert list(table.columns) == CSV_HEADER
-    csv = out / "training_solutions_rev1.csv"
-    tmp = csv.with_suffix(".csv.tmp")
-    table.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, csv)
-    marker.write_text(json.dumps(params))
+    write_atomic(out / "training_solutions_rev1.csv", table.to_csv(index=False, float_format="%.6f"))
+    write_atomic(marker, json.dumps(params))
     print(f"synth: wrote {n_train} train + {n_test} test images to {out} ({rate:.0f} img/s, {workers} workers)")
     return params

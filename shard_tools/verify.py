@@ -17,35 +17,22 @@ import numpy as np
 
 from . import schema
 from .catalog import jpeg_problem
-from .pack import load_manifest
-
-
-def read_index(path: str | Path) -> list[list[tuple[str, int, int, str]]]:
-    """A DALI webdataset index: per sample, its (extension, data offset, size, member name) entries."""
-    lines = Path(path).read_text().splitlines()
-    version, count = lines[0].split()
-    samples = []
-    for line in lines[1:]:
-        parts = line.split()
-        samples.append([(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)])
-    if int(count) != len(samples):
-        raise ValueError(f"header says {count} samples, body has {len(samples)}")
-    return samples
+from .layout import LayoutError, PackedSet, read_index
 
 
 def check_shard(args) -> tuple[list[str], list[int]]:
     """Problems found in one shard, and the ids it holds."""
-    out, shard, decode, high, low = args
+    shard, decode, high, low = args
     problems: list[str] = []
     ids: list[int] = []
-    name = shard["path"]
-    path, idx_path = Path(out) / name, Path(out) / shard["index"]
+    name = shard.relpath
+    path = Path(shard.path)
     if not path.exists():
         return [f"{name}: shard file missing"], ids
     data = path.read_bytes()
-    if len(data) != shard["bytes"]:
-        problems.append(f"{name}: size {len(data)} bytes, manifest says {shard['bytes']}")
-    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+    if len(data) != shard.bytes:
+        problems.append(f"{name}: size {len(data)} bytes, manifest says {shard.bytes}")
+    if hashlib.sha256(data).hexdigest() != shard.sha256:
         problems.append(f"{name}: sha256 differs from the manifest")
     try:
         with tarfile.open(path) as tar:
@@ -63,7 +50,7 @@ def check_shard(args) -> tuple[list[str], list[int]]:
                 parts[key][ext] = tar.extractfile(m).read()
     except (tarfile.TarError, OSError) as exc:
         return problems + [f"{name}: not a readable tar ({exc})"], ids
-    want = {"jpg", "i64"} if shard["split"] == "test" else {"jpg", "i64", "f32"}
+    want = {"jpg", "i64", "f32"} if shard.labelled else {"jpg", "i64"}
     for key in order:
         sample = parts[key]
         where = f"{name}: sample {key}"
@@ -83,36 +70,36 @@ def check_shard(args) -> tuple[list[str], list[int]]:
                 labels = np.frombuffer(sample["f32"], "<f4")
                 if not schema.check_constraints(labels, 1e-3)[0]:
                     problems.append(f"{where}: labels break the decision tree or are out of range")
-                elif shard["tier"] and schema.tier_of(schema.confidence(labels), high, low) != shard["tier"]:
-                    problems.append(f"{where}: confidence puts it in another tier than {shard['tier']}")
+                elif shard.tier and schema.tier_of(schema.confidence(labels), high, low) != shard.tier:
+                    problems.append(f"{where}: confidence puts it in another tier than {shard.tier}")
         if decode and "jpg" in sample:
             why = jpeg_problem(sample["jpg"])
             if why:
                 problems.append(f"{where}: {why}")
     if ids != sorted(ids):
         problems.append(f"{name}: samples not in ascending GalaxyID order")
-    if len(order) != shard["samples"]:
-        problems.append(f"{name}: {len(order)} samples, manifest says {shard['samples']}")
+    if len(order) != shard.samples:
+        problems.append(f"{name}: {len(order)} samples, manifest says {shard.samples}")
     # The DALI index must point at the real data offsets, or DALI reads garbage.
+    index_name = shard.relpath[:-4] + ".idx"
     try:
-        index = read_index(idx_path)
+        index = read_index(shard.index)
         real = [(m.name.partition(".")[2], m.offset_data, m.size, m.name) for m in members if m.isfile()]
-        flat = [entry for sample in index for entry in sample]
+        flat = [(e.ext, e.offset, e.size, e.member) for sample in index for e in sample]
         if flat != real:
             bad = next((a, b) for a, b in zip(flat + [None] * len(real), real + [None] * len(flat)) if a != b)
-            problems.append(f"{shard['index']}: index disagrees with the tar at {bad[1] or bad[0]} "
+            problems.append(f"{index_name}: index disagrees with the tar at {bad[1] or bad[0]} "
                             f"(index has {bad[0]})")
-    except (OSError, ValueError, IndexError) as exc:
-        problems.append(f"{shard['index']}: unreadable DALI index ({exc})")
+    except LayoutError as exc:
+        problems.append(f"{index_name}: unreadable DALI index ({exc})")
     return problems, ids
 
 
 def verify(out: str | Path, decode: bool = False, workers: int | None = None) -> list[str]:
     """All problems found in the packed set at `out` (empty list: it is sound)."""
-    out = Path(out)
-    manifest = load_manifest(out)
-    high, low = manifest["thresholds"]["high"], manifest["thresholds"]["low"]
-    jobs = [(str(out), s, decode, high, low) for s in manifest["shards"]]
+    packed = PackedSet.open(out)
+    high, low = packed.thresholds["high"], packed.thresholds["low"]
+    jobs = [(s, decode, high, low) for s in packed.shards]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
@@ -121,14 +108,14 @@ def verify(out: str | Path, decode: bool = False, workers: int | None = None) ->
         results = [check_shard(j) for j in jobs]
     problems = [p for probs, _ in results for p in probs]
     seen: dict[int, str] = {}
-    for shard, (_, ids) in zip(manifest["shards"], results):
+    for shard, (_, ids) in zip(packed.shards, results):
         for gid in ids:
             if gid in seen:
-                problems.append(f"{shard['path']}: sample {gid} also in {seen[gid]}"
-                                + (" (train/val/test overlap)" if not seen[gid].startswith(shard["split"]) else ""))
+                problems.append(f"{shard.relpath}: sample {gid} also in {seen[gid]}"
+                                + (" (train/val/test overlap)" if not seen[gid].startswith(shard.split) else ""))
             else:
-                seen[gid] = shard["path"]
-    accepted = manifest["counts"]["accepted"]
+                seen[gid] = shard.relpath
+    accepted = packed.counts.get("accepted")
     if len(seen) != accepted:
         problems.append(f"manifest: counts {accepted} accepted samples, shards hold {len(seen)}")
     return problems

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_epoch_time_writes_a_table_with_provenance(synth_shards, tmp_path):

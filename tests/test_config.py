@@ -6,7 +6,7 @@ import pytest
 
 from gzfast.config import ConfigError, TrainConfig, config_from_dict, parse_config
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_defaults_are_the_study():

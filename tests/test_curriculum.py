@@ -1,8 +1,16 @@
 import pytest
 
-from gzfast.curriculum import (DEFAULT_SCHEDULE, ScheduleError, Stage, default_schedule, parse_schedule,
-                               shards_for_epoch, split_shards, stage_at, total_epochs)
-from shard_tools.pack import load_manifest
+from gzfast.curriculum import (
+    DEFAULT_SCHEDULE,
+    ScheduleError,
+    Stage,
+    default_schedule,
+    parse_schedule,
+    shards_for_epoch,
+    stage_at,
+    total_epochs,
+)
+from shard_tools.layout import PackedSet
 
 
 def test_parse_default_and_plain_schedules():
@@ -49,12 +57,11 @@ def test_stage_at_walks_the_schedule():
 
 
 def test_shards_for_epoch_selects_the_stage_tiers(synth_shards):
-    m = load_manifest(synth_shards)
-    m["root"] = str(synth_shards)
+    m = PackedSet.open(synth_shards)
     sched = parse_schedule("high:1,high+medium:1,all:1")
     e0, e1, e2 = (shards_for_epoch(m, sched, e) for e in range(3))
     assert e0 and all("/train/high/" in p for p in e0)
     assert set(e0) < set(e1) and {p.split("/")[-2] for p in e1} == {"high", "medium"}
-    assert set(e2) == set(split_shards(m, "train"))
-    assert not set(e2) & set(split_shards(m, "val"))
+    assert set(e2) == set(m.paths("train"))
+    assert not set(e2) & set(m.paths("val"))
     assert shards_for_epoch(m, "high:1,all:2", 0) == e0  # pure: same inputs, same list

@@ -5,21 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from gzfast.curriculum import split_shards
 from gzfast.data import IMAGENET_MEAN, IMAGENET_STD, LoaderError, interleave_tiers, make_loader
 from shard_tools import schema
-from shard_tools.pack import load_manifest
+from shard_tools.layout import PackedSet
 
-from conftest import csv_labels
+from helpers import csv_labels, read_shard_samples
 
 CPU_LOADERS = ["dali-cpu", "pil"]
 STD255 = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 
 
 def manifest_of(out):
-    m = load_manifest(out)
-    m["root"] = str(out)
-    return m
+    return PackedSet.open(out)
 
 
 def collect(loader):
@@ -36,10 +33,10 @@ def collect(loader):
 def test_batch_contract(name, train, synth_data, synth_shards):
     m = manifest_of(synth_shards)
     labels_by_id = csv_labels(synth_data / "training_solutions_rev1.csv")
-    loader = make_loader(name, split_shards(m, "train" if train else "val"), train=train, batch_size=8,
+    loader = make_loader(name, m.paths("train" if train else "val"), train=train, batch_size=8,
                          image_size=64, crop_size=96, workers=2)
     n = 0
-    for i, b in enumerate(loader):
+    for _i, b in enumerate(loader):
         assert b.images.shape == (len(b), 3, 64, 64) and b.images.dtype == torch.float32
         assert b.images.is_contiguous(memory_format=torch.channels_last) and b.images.stride()[1] == 1
         lo = min((0 - mu) / sd for mu, sd in zip(IMAGENET_MEAN, IMAGENET_STD))
@@ -57,7 +54,7 @@ def test_batch_contract(name, train, synth_data, synth_shards):
 
 @pytest.mark.parametrize("name", CPU_LOADERS)
 def test_test_shards_have_no_labels(name, real_shards):
-    loader = make_loader(name, split_shards(manifest_of(real_shards), "test"), train=False, batch_size=50,
+    loader = make_loader(name, manifest_of(real_shards).paths("test"), train=False, batch_size=50,
                          image_size=32, workers=1)
     _, labels, ids = collect(loader)
     assert all(lab is None for lab in labels)
@@ -65,7 +62,7 @@ def test_test_shards_have_no_labels(name, real_shards):
 
 
 def test_eval_outputs_agree_between_dali_and_pil_on_real_jpegs(real_shards):
-    paths = split_shards(manifest_of(real_shards), "test")
+    paths = manifest_of(real_shards).paths("test")
     out = {}
     for name in CPU_LOADERS:
         imgs, _, ids = collect(make_loader(name, paths, train=False, batch_size=16, workers=1))
@@ -81,8 +78,8 @@ def test_eval_outputs_agree_between_dali_and_pil_on_real_jpegs(real_shards):
 @pytest.mark.parametrize("name", CPU_LOADERS)
 def test_eval_reads_every_sample_exactly_once_on_one_and_two_ranks(name, synth_shards):
     m = manifest_of(synth_shards)
-    paths = split_shards(m, "train") + split_shards(m, "val")
-    expected = sum(s["samples"] for s in m["shards"] if s["split"] != "test")
+    paths = m.paths("train") + m.paths("val")
+    expected = m.samples("train") + m.samples("val")
     one = collect(make_loader(name, paths, train=False, batch_size=16, workers=2))[2]
     ids_one = torch.cat(one).tolist()
     assert len(ids_one) == len(set(ids_one)) == expected
@@ -98,7 +95,7 @@ def test_eval_reads_every_sample_exactly_once_on_one_and_two_ranks(name, synth_s
 
 @pytest.mark.parametrize("name", CPU_LOADERS)
 def test_train_ranks_get_disjoint_equal_length_slices(name, synth_shards):
-    paths = split_shards(manifest_of(synth_shards), "train")
+    paths = manifest_of(synth_shards).paths("train")
     loaders = [make_loader(name, paths, train=True, batch_size=8, rank=r, world_size=2, image_size=32, workers=1)
                for r in range(2)]
     assert len(loaders[0]) == len(loaders[1])
@@ -111,15 +108,13 @@ def test_train_ranks_get_disjoint_equal_length_slices(name, synth_shards):
 @pytest.mark.parametrize("name", CPU_LOADERS)
 def test_tiers_are_mixed_from_the_start_of_an_epoch(name, mid_shards):
     """Shards 100 samples, shuffle buffer 64 of a 1,275-sample epoch (production: 4,096 of ~55,000)."""
-    from conftest import read_shard_samples
     m = manifest_of(mid_shards)
     tier_of_id = {}
-    for s in m["shards"]:
-        if s["split"] == "train":
-            tier_of_id.update({int(k): s["tier"] for k in read_shard_samples(mid_shards / s["path"])})
+    for s in m.select("train"):
+        tier_of_id.update({int(k): s.tier for k in read_shard_samples(s.path)})
     whole = Counter(tier_of_id.values())
     for seed in (0, 1):
-        loader = make_loader(name, split_shards(m, "train"), train=True, batch_size=16, image_size=16, seed=seed,
+        loader = make_loader(name, m.paths("train"), train=True, batch_size=16, image_size=16, seed=seed,
                              workers=1, shuffle_buffer=64)
         first = []
         for b in loader:
@@ -141,7 +136,7 @@ def test_interleave_keeps_every_tier_spread_out():
 
 
 def test_same_seed_and_epoch_give_the_same_stream(synth_shards):
-    paths = split_shards(manifest_of(synth_shards), "train")
+    paths = manifest_of(synth_shards).paths("train")
     def first_batches(epoch):
         loader = make_loader("dali-cpu", paths, train=True, batch_size=8, image_size=32, seed=5, epoch=epoch, workers=2)
         imgs, _, ids = collect(loader)
@@ -154,7 +149,7 @@ def test_same_seed_and_epoch_give_the_same_stream(synth_shards):
 
 
 def test_train_mode_augments_and_eval_does_not(real_shards):
-    paths = split_shards(manifest_of(real_shards), "train")
+    paths = manifest_of(real_shards).paths("train")
     def image_of(train, epoch):
         loader = make_loader("pil", paths, train=train, batch_size=1, image_size=64, seed=0, epoch=epoch, workers=0)
         return {int(b.ids[0]): b.images[0].clone() for b in loader}
@@ -167,11 +162,11 @@ def test_train_mode_augments_and_eval_does_not(real_shards):
 def test_bad_requests_fail_clearly(synth_shards, tmp_path):
     m = manifest_of(synth_shards)
     with pytest.raises(LoaderError, match="unknown loader"):
-        make_loader("ffcv", split_shards(m, "val"), train=False, batch_size=4)
+        make_loader("ffcv", m.paths("val"), train=False, batch_size=4)
     with pytest.raises(LoaderError, match="index missing"):
         make_loader("pil", [str(tmp_path / "nope.tar")], train=False, batch_size=4)
     with pytest.raises(LoaderError, match="mixes labelled"):
-        make_loader("pil", split_shards(m, "val") + split_shards(m, "test"), train=False, batch_size=4)
+        make_loader("pil", m.paths("val") + m.paths("test"), train=False, batch_size=4)
     if not torch.cuda.is_available():
         with pytest.raises(LoaderError, match="dali-cpu or pil"):
-            make_loader("dali-gpu", split_shards(m, "val"), train=False, batch_size=4)
+            make_loader("dali-gpu", m.paths("val"), train=False, batch_size=4)

@@ -4,7 +4,9 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+
+from helpers import REPO
 
 
 def readme_commands() -> dict[str, str]:
@@ -22,6 +24,7 @@ def test_ci_runs_the_readme_test_command():
     assert commands["test"] in [line.strip() for line in ci.splitlines()]
 
 
+@pytest.mark.slow
 def test_main_job_runs_in_reduced_form(tmp_path):
     """`make run` as the README gives it, on a smaller synthetic set and fewer epochs, in this environment."""
     assert readme_commands()["run"] == "make run"

@@ -15,9 +15,9 @@ import torch
 from gzfast import checkpoint as ckpt
 from gzfast import train as train_mod
 from gzfast.train import TIMING_KEYS, main
-from shard_tools.pack import load_manifest
+from shard_tools.layout import load_manifest
 
-from conftest import REPO, read_shard_samples
+from helpers import REPO, read_shard_samples
 
 LEARNING_BOUND = 0.85  # the main job (4,000 galaxies, 64 px, 25 epochs) reaches 0.6; see README
 
@@ -163,6 +163,7 @@ def assert_same_run(a: Path, b: Path):
     assert untimed(records(a)) == untimed(records(b))
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resume_is_exact(synth_shards, straight_run, tmp_path):
     run = tmp_path / "stopped"
     proc = launch(tiny(synth_shards, run, *RESUME_ARGS))
@@ -179,6 +180,7 @@ def test_sigterm_mid_epoch_saves_and_resume_is_exact(synth_shards, straight_run,
     assert_same_run(straight_run, run)
 
 
+@pytest.mark.slow
 def test_kill_9_after_an_epoch_and_resume_is_exact(synth_shards, straight_run, tmp_path):
     run = tmp_path / "killed"
     proc = launch(tiny(synth_shards, run, *RESUME_ARGS))
@@ -194,6 +196,7 @@ def test_kill_9_after_an_epoch_and_resume_is_exact(synth_shards, straight_run, t
     assert_same_run(straight_run, run)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config_or_manifest(synth_shards, straight_run, tmp_path):
     res = subprocess.run([sys.executable, "gzfast/train.py", *tiny(synth_shards, straight_run, *RESUME_ARGS,
                           "--resume", "--lr-head", "0.5")], cwd=REPO, capture_output=True, text=True)
@@ -245,6 +248,7 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
         assert state["i"] >= 1 and state["w"].shape == (8_000_000,)
 
 
+@pytest.mark.slow
 def test_a_small_run_learns_well_beyond_the_mean(mid_shards, tmp_path):
     """The main job's recipe, smaller (1,500 galaxies, 32 px, 8 epochs): it must beat predicting the mean."""
     run = tmp_path / "run"
@@ -253,3 +257,31 @@ def test_a_small_run_learns_well_beyond_the_mean(mid_shards, tmp_path):
     assert main(args) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["ratio"] <= LEARNING_BOUND, summary
+
+
+def test_compiled_model_never_recompiles_after_the_first_train_and_eval_steps(synth_shards, tmp_path, monkeypatch):
+    """torch.compile with a counting backend (cheap, CPU): every graph is compiled in epoch 1 (train and
+    eval, including validation's padded last batch); epochs 2 and 3 add none."""
+    graphs: list[list[tuple]] = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counting_backend))
+    after_epoch = []
+    real_end = train_mod.Trainer.end_epoch
+
+    def end_epoch(self, *args):
+        real_end(self, *args)
+        after_epoch.append(len(graphs))
+
+    monkeypatch.setattr(train_mod.Trainer, "end_epoch", end_epoch)
+    val_samples = load_manifest(synth_shards)["counts"]["val"]
+    assert val_samples % 16, "the val set must end in a partial batch for this test to mean something"
+    assert main(tiny(synth_shards, tmp_path / "run", "--epochs", "3", "--compile", "on", "--no-plot")) == 0
+    assert after_epoch[0] >= 2, graphs  # a train graph and an eval graph
+    assert after_epoch == [after_epoch[0]] * 3, graphs
+    batches = {s[0] for shapes in graphs for s in shapes if len(s) == 4 and s[1:] == (3, 32, 32)}
+    assert batches == {16}  # one batch shape, train and eval

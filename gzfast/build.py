@@ -1,0 +1,73 @@
+"""Model, optimizer and Accelerator from a resolved `TrainConfig`: the one setup that the trainer and
+`benchmarks/epoch_time.py` share, so a benchmark measures the step that training runs."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import ConfigError, TrainConfig
+from .model import GZ2Model, freeze, load_pretrained, param_groups
+
+
+@dataclass
+class Training:
+    accelerator: object
+    model: GZ2Model            # the plain module (what checkpoints hold)
+    train_model: torch.nn.Module   # compiled and/or wrapped by Accelerate: what the step calls
+    optimizer: torch.optim.Optimizer
+    micro_batch: int           # per process and accumulation step
+    image_dtype: torch.dtype   # what the loaders hand over: fp16 on a GPU for bf16, float32 otherwise
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    return Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+                       gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+
+
+def build_training(cfg: TrainConfig, accelerator=None, model_state: dict | None = None,
+                   optimizer_state: dict | None = None) -> Training:
+    """Seeds, creates the model (pretrained weights, freezing, channels-last), the AdamW groups and the
+    Accelerator, restores states when given, then compiles and prepares. The notes say what was done."""
+    from accelerate.utils import set_seed
+
+    acc = accelerator or make_accelerator(cfg)
+    world = acc.num_processes
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ConfigError(f"--batch-size {cfg.batch_size} is not divisible by processes x grad-accum "
+                          f"({world} x {cfg.grad_accum})")
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    set_seed(cfg.seed)
+    model = GZ2Model(cfg.model, cfg.head)
+    notes = []
+    if cfg.pretrained:
+        info = load_pretrained(model, cfg.pretrained)
+        notes.append(f"loaded {info['loaded']} tensors from {cfg.pretrained} (classifier replaced)")
+    else:
+        notes.append("WARNING: no --pretrained weights given: training starts from RANDOM weights "
+                     "(no model hub is used; pass a local timm state dict to fine-tune as the study did)")
+    if acc.device.type == "cpu" and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1:
+        notes.append(f"note: torch uses 1 of {os.cpu_count()} CPU threads (accelerate launch sets "
+                     f"OMP_NUM_THREADS=1): pass --num_cpu_threads_per_process {os.cpu_count()} to it")
+    frozen = freeze(model, cfg.freeze_stages)
+    notes.append(f"frozen: stem + {cfg.freeze_stages} stage(s) ({frozen:,} parameters); "
+                 f"trainable {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay))
+    if model_state is not None:
+        model.load_state_dict(model_state)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    compiled = torch.compile(model) if cfg.compile == "on" else model
+    train_model, optimizer = acc.prepare(compiled, optimizer)
+    image_dtype = torch.float16 if acc.device.type == "cuda" and cfg.precision == "bf16" else torch.float32
+    return Training(acc, model, train_model, optimizer, cfg.batch_size // (world * cfg.grad_accum), image_dtype,
+                    notes)

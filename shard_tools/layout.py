@@ -1,0 +1,232 @@
+"""The layout of a packed set: the one reader (and namer) of what `pack` writes (DESIGN §3).
+
+    OUT/manifest.json, OUT/rejected.csv
+    OUT/train/<tier>/gz2-train-<tier>-NNNNNN.tar   OUT/val/gz2-val-NNNNNN.tar   OUT/test/gz2-test-NNNNNN.tar
+    a DALI `.idx` next to every tar
+
+`PackedSet.open(root)` reads a set by its root; its shard paths are absolute, so nobody joins paths by
+hand. The DALI index format (`v1.2 N`, then one line a sample: `ext offset size member` repeated) is
+parsed here and nowhere else. Also here: writing a file atomically, which the packer and the trainer's
+checkpoints share (a crash mid-write leaves the previous file, never a half-written one).
+
+Torch-free and DALI-free. Roots are local folders; an `s3://` root is recognised and refused until
+object storage is supported, so callers already go through the one door it will use.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+REJECTED = "rejected.csv"
+FORMAT = "gzfast-shards-v1"
+SPLITS = ("train", "val", "test")
+SAMPLE_PARTS = {"jpg": "original JPEG bytes", "f32": "37 labels, little-endian float32, Kaggle column order",
+                "i64": "GalaxyID, little-endian int64"}
+TMP_MARK = ".tmp"  # every temp name this project writes contains it (see atomic_path)
+IMAGE_SIDE = 424   # every packed JPEG is 424×424 (pack checks it), as every Kaggle GZ2 image is
+
+
+class LayoutError(ValueError):
+    """A packed set, a shard or an index that cannot be read as the layout says."""
+
+
+# --- names ----------------------------------------------------------------------------------------
+
+def shard_name(split: str, tier: str | None, number: int) -> str:
+    """Path of shard `number` of a split (and tier, for train), relative to the set's root."""
+    if split == "train":
+        return f"train/{tier}/gz2-train-{tier}-{number:06d}.tar"
+    return f"{split}/gz2-{split}-{number:06d}.tar"
+
+
+def index_path(tar_path: str | os.PathLike) -> str:
+    """The DALI index beside a tar: `x.tar` -> `x.idx`."""
+    tar_path = str(tar_path)
+    if not tar_path.endswith(".tar"):
+        raise LayoutError(f"{tar_path}: a shard's name ends in .tar")
+    return tar_path[:-4] + ".idx"
+
+
+# --- the DALI index -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IndexEntry:
+    ext: str
+    offset: int   # of the member's data in the tar
+    size: int
+    member: str   # the tar member's name, `<key>.<ext>`
+
+    @property
+    def key(self) -> str:
+        return self.member.partition(".")[0]
+
+
+def read_index(path: str | os.PathLike) -> list[list[IndexEntry]]:
+    """A DALI webdataset index: per sample, its entries. Raises LayoutError if it is malformed."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LayoutError(f"{path}: cannot read the DALI index ({exc})") from None
+    try:
+        _version, count = lines[0].split()
+        samples = []
+        for line in lines[1:]:
+            parts = line.split()
+            if not parts or len(parts) % 4:
+                raise ValueError(f"line {len(samples) + 2} is not groups of `ext offset size name`")
+            samples.append([IndexEntry(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3])
+                            for i in range(0, len(parts), 4)])
+        if int(count) != len(samples):
+            raise ValueError(f"header says {count} samples, body has {len(samples)}")
+    except (ValueError, IndexError) as exc:
+        raise LayoutError(f"{path}: not a DALI webdataset index ({exc})") from None
+    return samples
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a loader needs to know of one tar, read off its index (no tar byte is read)."""
+    path: str
+    index: str
+    samples: int
+    labelled: bool   # train/val shards carry `.f32`, test shards do not
+
+
+def shard_info(tar_path: str | os.PathLike) -> ShardInfo:
+    tar_path = str(tar_path)
+    idx = index_path(tar_path)
+    if not os.path.exists(tar_path) or not os.path.exists(idx):
+        raise LayoutError(f"{tar_path}: shard or its .idx index missing (run `make shards` / shard_tools pack)")
+    entries = read_index(idx)
+    if not entries:
+        raise LayoutError(f"{idx}: the index lists no samples")
+    return ShardInfo(tar_path, idx, len(entries), any(e.ext == "f32" for e in entries[0]))
+
+
+# --- a packed set ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shard:
+    split: str
+    tier: str | None
+    path: str      # absolute
+    index: str     # absolute
+    samples: int
+    bytes: int
+    sha256: str
+    relpath: str   # as the manifest has it
+
+    @property
+    def labelled(self) -> bool:
+        return self.split != "test"
+
+
+class PackedSet:
+    """A packed set opened by its root. Read-only: `pack` is the only writer."""
+
+    def __init__(self, root: str, manifest: dict):
+        self.root = root
+        self.manifest = manifest
+        try:
+            self.shards = [Shard(s["split"], s["tier"], self._abs(s["path"]), self._abs(s["index"]), int(s["samples"]),
+                                 int(s["bytes"]), s["sha256"], s["path"]) for s in manifest["shards"]]
+            self.thresholds = {"high": float(manifest["thresholds"]["high"]),
+                               "low": float(manifest["thresholds"]["low"])}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LayoutError(f"{self.manifest_path}: manifest lacks or garbles a field ({exc!r})") from None
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> PackedSet:
+        root = str(root)
+        if root.startswith("s3://"):
+            raise LayoutError(f"{root}: object-storage roots are not supported yet; copy the set to a local folder")
+        path = Path(root) / MANIFEST
+        if not path.is_file():
+            raise LayoutError(f"{path}: no manifest; run `make shards` or `python -m shard_tools pack` first")
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LayoutError(f"{path}: unreadable manifest ({exc}); re-run `python -m shard_tools pack`") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise LayoutError(f"{path}: not a gzfast manifest (format {FORMAT} expected); re-run pack")
+        return cls(str(Path(root).resolve()), manifest)
+
+    def _abs(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    @property
+    def manifest_path(self) -> str:
+        return self._abs(MANIFEST)
+
+    def select(self, split: str, tiers=None) -> list[Shard]:
+        """Shards of a split (train: optionally only `tiers`), in manifest order."""
+        if split not in SPLITS:
+            raise LayoutError(f"unknown split {split!r}; one of {', '.join(SPLITS)}")
+        return [s for s in self.shards if s.split == split and (tiers is None or s.tier in tiers)]
+
+    def paths(self, split: str, tiers=None) -> list[str]:
+        return [s.path for s in self.select(split, tiers)]
+
+    def samples(self, split: str, tiers=None) -> int:
+        return sum(s.samples for s in self.select(split, tiers))
+
+    @property
+    def counts(self) -> dict:
+        return dict(self.manifest.get("counts", {}))
+
+    @property
+    def fingerprint(self) -> str:
+        """What a run trained on: the input fingerprint and every shard's sha256 (checked on --resume)."""
+        h = hashlib.sha256(str(self.manifest.get("input_fingerprint", "")).encode())
+        for s in self.shards:
+            h.update(f"{s.relpath}:{s.sha256}\n".encode())
+        return h.hexdigest()
+
+
+# --- writing files atomically ---------------------------------------------------------------------
+
+def _fsync_dir(folder: Path):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yields a temp path beside `path` to write; on success it is fsynced and renamed over `path`, on
+    any error it is removed. A crash, even kill -9, mid-write leaves the previous `path` intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def is_temp_name(name: str) -> bool:
+    return TMP_MARK in name
+
+
+
+def load_manifest(root: str | os.PathLike) -> dict:
+    """The manifest of the set at `root`, as a dict (PackedSet.open(root).manifest)."""
+    return PackedSet.open(root).manifest
