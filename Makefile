@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 RUN_CONFIG ?= gzfast/configs/cpu_small.yaml
 RUN_ARGS ?=
 
-.PHONY: venv shards verify lint test test-fast run gpu-check clean
+.PHONY: venv shards verify lint test test-fast run gpu-check gpu-data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,18 @@ run: shards
 	$(PY) -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no \
 		--dynamo_backend no --num_cpu_threads_per_process $(THREADS) \
 		gzfast/train.py --config $(RUN_CONFIG) --curriculum --shards $(OUT) $(RUN_ARGS)
+
+# The GPU machine has torch but no package index and no venv: the check runs on its python3, and DALI
+# comes as the bundle in ../dali-parts (see benchmarks/gpu_check.py). `make gpu-data` first copies the real
+# JPEGs the GPU tests read into the git-ignored .gz2/ (../shared does not travel to that machine).
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py $(if $(SHARDS),--shards $(SHARDS)) $(GPU_CHECK_ARGS)
+
+gpu-data:
+	rm -rf .gz2 && mkdir -p .gz2
+	cp -r ../shared/gz2/test_images ../shared/gz2/train_images .gz2/
+	head -n 51 ../shared/gz2/training_solutions_subset.csv > .gz2/training_solutions_subset.csv
 
 clean:
 	rm -rf data runs

@@ -154,12 +154,13 @@ def summarize(name: str, kind: str, windows: list[dict], builds=None, ceiling: f
 
 
 def whole_epoch(args, cfg: TrainConfig, loader: str) -> dict:
-    """Two epochs through the trainer itself (train + validation, as `make run` runs them); the second
-    one is the epoch time (the first also pays for compilation and the first pipeline builds)."""
+    """Two epochs through the trainer itself (train + validation, as `make run` runs them), as a
+    curriculum `high:1,all:1`: the second epoch is a whole epoch and a stage change, and its time is the
+    epoch time (the first also pays for compilation and the first pipeline builds)."""
     with tempfile.TemporaryDirectory(prefix="epoch_time-") as tmp:
         run = Path(tmp) / "run"
         flags = {**{k: v for k, v in cfg.to_dict().items() if v is not None},
-                 "shards": args.shards, "out": str(run), "loader": loader, "epochs": 2, "curriculum": None,
+                 "shards": args.shards, "out": str(run), "loader": loader, "epochs": None, "curriculum": "high:1,all:1",
                  "batch_size": args.batch_size, "plot": False, "resume": False, "force": False}
         config = Path(tmp) / "config.json"
         config.write_text(json.dumps({k: v for k, v in flags.items() if v is not None}))
@@ -173,7 +174,7 @@ def whole_epoch(args, cfg: TrainConfig, loader: str) -> dict:
     return {"what": f"whole epoch through the trainer (train + val, {second['samples']:,} images)", "loader": loader,
             "images_per_s": rate, "spread": [rate, rate], "data_wait_fraction": second["data_wait"] / second["epoch_time"],
             "of_ceiling": None, "epoch_s": second["epoch_time"], "first_epoch_s": epochs[0]["epoch_time"],
-            "eval_s": second["eval_time"], "first_batch_wait_s": second["first_batch_wait"],
+            "eval_s": second["eval_time"], "first_batch_wait_s": second["first_batch_wait"], "train_samples": second["samples"],
             "epoch_s_61578": STUDY_EPOCH_IMAGES / rate + second["eval_time"] * STUDY_EPOCH_IMAGES / max(second["samples"], 1),
             "speedup_vs_study": STUDY_EPOCH_SECONDS / (STUDY_EPOCH_IMAGES / rate), "first_batch_s": second["first_batch_wait"]}
 

@@ -12,12 +12,13 @@ previous epoch's tail), and an eval loader keeps its pipeline for every pass.
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
 from shard_tools.layout import IMAGE_SIDE
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, batch_count, normalize_on_device
+from .data import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, batch_count, find_undecodable, normalize_on_device
 
 try:  # the one guarded import of DALI: no wheel for this platform, or libraries that fail to load
     from nvidia.dali import fn, pipeline_def, types
@@ -117,10 +118,18 @@ class DALILoader:
 
     # --- running it --------------------------------------------------------------------------------
     def _fail(self, exc: Exception, what: str) -> LoaderError:
+        """One line for a DALI failure: the operator and its message, the bad sample when a scan of the
+        shards finds it (DALI does not name it), and what to do."""
+        text = str(exc)
+        op = re.search(r"Error in \w+ operator `([^`]+)`", text)
+        detail = text.split("encountered:", 1)[1] if "encountered:" in text else text
+        lines = [line.strip() for line in detail.splitlines()
+                 if line.strip() and "pipeline object is no longer valid" not in line and "Critical error" not in line]
+        why = (f"{op.group(1)}: " if op else "") + (lines[0] if lines else repr(exc))
+        bad = find_undecodable(self.spec.paths) if op and "decoders" in op.group(1) else None
         where = f"on {self.spec.device}" if self.gpu else "on the CPU"
-        hint = PIL_HINT if self.gpu else "check the shards with `python -m shard_tools verify OUT --decode`"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        return LoaderError(f"{self.name} failed {what} {where}: {first}; {hint}")
+        hint = PIL_HINT if self.gpu and not bad else "check the shards with `python -m shard_tools verify OUT --decode`"
+        return LoaderError(f"{self.name} failed {what} {where}: {why}" + (f"; {bad}" if bad else "") + f"; {hint}")
 
     def prepare(self) -> DALILoader:
         """Builds the pipeline and its iterator, which runs it up to the first batch. Idempotent; safe to

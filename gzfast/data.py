@@ -173,3 +173,31 @@ def normalize_on_device(uint8_nhwc: torch.Tensor, spec: LoaderSpec) -> torch.Ten
     mean = torch.tensor(IMAGENET_MEAN, device=spec.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=spec.device).view(1, 3, 1, 1) * 255
     return x.sub_(mean).div_(std).to(spec.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def find_undecodable(paths: list[str], budget_s: float = 20.0) -> str | None:
+    """Where the first JPEG that PIL cannot decode is ("SHARD: sample ID"), for an error message when a
+    loader failed to decode without saying which sample; None if none is found within `budget_s`."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from shard_tools.layout import index_path, read_index
+
+    deadline = time.monotonic() + budget_s
+    for path in paths:
+        with open(path, "rb") as f:
+            for sample in read_index(index_path(path)):
+                jpg = next((e for e in sample if e.ext == "jpg"), None)
+                if jpg is None:
+                    return f"{path}: sample {sample[0].key} has no .jpg"
+                f.seek(jpg.offset)
+                try:
+                    with Image.open(io.BytesIO(f.read(jpg.size))) as im:
+                        im.load()
+                except Exception as exc:  # noqa: BLE001 - any decoder complaint marks the sample
+                    return f"{path}: sample {jpg.key} does not decode ({exc})"
+                if time.monotonic() > deadline:
+                    return None
+    return None

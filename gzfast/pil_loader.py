@@ -48,8 +48,12 @@ class _Decode:
 
     def __call__(self, sample):
         gid = int(np.frombuffer(sample["i64"], "<i8")[0])
-        out = {"images": torch.from_numpy(pil_transform(sample["jpg"], gid, self.spec).copy()),
-               "ids": torch.tensor(gid, dtype=torch.int64)}
+        try:
+            image = pil_transform(sample["jpg"], gid, self.spec)
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... on bad data
+            raise LoaderError(f"{sample.get('__url__', '?')}: sample {sample.get('__key__', gid)} does not decode "
+                              f"({exc})") from None
+        out = {"images": torch.from_numpy(image.copy()), "ids": torch.tensor(gid, dtype=torch.int64)}
         if self.spec.labelled:
             out["labels"] = torch.from_numpy(np.frombuffer(sample["f32"], "<f4").copy())
         return out
@@ -95,7 +99,7 @@ class PILLoader:
         loader = torch.utils.data.DataLoader(self._dataset(), batch_size=s.batch_size, num_workers=self.workers,
                                              drop_last=s.train, persistent_workers=False,
                                              multiprocessing_context="fork" if self.workers else None)
-        for _, b in zip(range(self.n_batches), loader):
+        for _, b in zip(range(self.n_batches), _reraise_as_loader_error(loader)):
             valid = None
             if s.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
                 valid, short = len(b["ids"]), s.batch_size - len(b["ids"])
@@ -103,3 +107,16 @@ class PILLoader:
             # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
             labels = b["labels"].to(s.device, non_blocking=True) if "labels" in b else None
             yield Batch(images=normalize_on_device(b["images"], s), labels=labels, ids=b["ids"], valid=valid)
+
+
+def _reraise_as_loader_error(batches):
+    """A worker's exception arrives re-raised with its whole traceback as the message: keep its last line."""
+    try:
+        yield from batches
+    except LoaderError as exc:
+        raise LoaderError(str(exc).strip().splitlines()[-1].removeprefix("gzfast.data.LoaderError: ")
+                          .removeprefix("LoaderError: ")) from None
+    except (OSError, ValueError, RuntimeError) as exc:  # a tar that cannot be read, a worker that died
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        raise LoaderError(f"pil loader failed reading its shards: {last}; check them with "
+                          f"`python -m shard_tools verify OUT --decode`") from None

@@ -170,3 +170,22 @@ def test_bad_requests_fail_clearly(synth_shards, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(LoaderError, match="dali-cpu or pil"):
             make_loader("dali-gpu", m.paths("val"), train=False, batch_size=4)
+
+
+@pytest.mark.parametrize("name", CPU_LOADERS)
+def test_an_undecodable_jpeg_in_a_shard_is_named(name, synth_shards, tmp_path):
+    """A shard whose bytes went bad after packing: a LoaderError naming the shard and the sample."""
+    import shutil
+
+    from shard_tools.layout import index_path, read_index
+    shard = manifest_of(synth_shards).paths("val")[0]
+    bad = tmp_path / "gz2-val-000000.tar"
+    shutil.copy(shard, bad)
+    shutil.copy(index_path(shard), index_path(bad))
+    jpg = next(e for e in read_index(index_path(bad))[2] if e.ext == "jpg")
+    raw = bytearray(bad.read_bytes())
+    raw[jpg.offset + 200: jpg.offset + jpg.size - 10] = bytes(jpg.size - 210)
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(LoaderError, match=rf"{bad}: sample {jpg.key} does not decode"):
+        for _ in make_loader(name, [str(bad)], train=False, batch_size=4, workers=1):
+            pass
