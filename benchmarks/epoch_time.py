@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from gzfast.build import build_training  # noqa: E402
+from gzfast.build import budget_cores, build_training  # noqa: E402
 from gzfast.config import ConfigError, TrainConfig, load_file  # noqa: E402
 from gzfast.data import LOADERS, Batch, LoaderError, make_loader  # noqa: E402
 from gzfast.train import training_step  # noqa: E402
@@ -94,32 +94,42 @@ def loader_windows(args, cfg: TrainConfig, name: str, paths: list[str], step=Non
     """Per repeat, a fresh epoch's loader (build timed separately), warm-up, then one window inside it.
     Returns the windows and the build-to-first-batch times of the builds after the first."""
     windows, builds = [], []
-    for r in range(args.repeats + 1):  # build 0 pays for library start-up: not a stage change
-        t = time.perf_counter()
-        loader = make_loader(name, paths, train=True, batch_size=args.batch_size, image_size=cfg.image_size,
-                             crop_size=cfg.crop_size, workers=cfg.workers, seed=0, epoch=r, device=args.device,
-                             dtype=args.image_dtype)
-        it = iter(loader)
-        first = next(it)
-        sync()
-        if r:
-            builds.append(time.perf_counter() - t)
-        n = min(args.batches, len(loader) - 1 - args.warmup)
-        if n < 1:
-            raise LoaderError(f"an epoch of {len(loader)} batches leaves no window after {args.warmup} warm-up "
-                              f"batches; use more shards or a smaller --batch-size/--warmup")
-        if n < args.batches:
-            print(f"note: {name}: windows of {n} batches (an epoch has {len(loader)})", flush=True)
-        if step:
-            step(first)
-        for _ in range(args.warmup):
-            b = next(it)
-            if step:
-                step(b)
-        if r:
-            windows.append(time_window(it, n, step))
-        del it, loader
+    # the trainer's split of the cores between torch and this loader (the ceiling row gives torch all)
+    torch_threads, workers, why = budget_cores(name, cfg.workers, torch.cuda.is_available())
+    print(f"{name}: {why}", flush=True)
+    all_threads = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(torch_threads)
+    try:
+        for r in range(args.repeats + 1):  # build 0 pays for library start-up: not a stage change
+            windows_of_epoch(args, cfg, name, paths, step, r, workers, windows, builds)
+    finally:
+        torch.set_num_threads(all_threads)
     return windows, builds
+
+
+def windows_of_epoch(args, cfg, name, paths, step, r, workers, windows, builds):
+    """Epoch `r`: build (timed unless r == 0), warm up, then one timed window."""
+    t = time.perf_counter()
+    loader = make_loader(name, paths, train=True, batch_size=args.batch_size, image_size=cfg.image_size,
+                         crop_size=cfg.crop_size, workers=workers, seed=0, epoch=r, device=args.device,
+                         dtype=args.image_dtype)
+    it = iter(loader)
+    first = next(it)
+    sync()
+    if r:
+        builds.append(time.perf_counter() - t)
+    n = min(args.batches, len(loader) - 1 - args.warmup)
+    if n < 1:
+        raise LoaderError(f"an epoch of {len(loader)} batches leaves no window after {args.warmup} warm-up "
+                          f"batches; use more shards or a smaller --batch-size/--warmup")
+    if n < args.batches and r == 1:
+        print(f"note: {name}: windows of {n} batches (an epoch has {len(loader)})", flush=True)
+    for b in [first] + [next(it) for _ in range(args.warmup)]:
+        if step:
+            step(b)
+    if r:
+        windows.append(time_window(it, n, step))
 
 
 class Synthetic:

@@ -11,6 +11,31 @@ from .config import ConfigError, TrainConfig
 from .model import GZ2Model, freeze, load_pretrained, param_groups
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def budget_cores(loader: str, workers: int | None, cuda: bool, processes: int = 1) -> tuple[int, int, str]:
+    """(torch intra-op threads, loader workers, why) for one process: on a CPU their sum never exceeds the
+    cores this process may use, so the loader cannot quietly take the model's cores. The PIL loader
+    decodes at the output's DCT scale cheaply enough to run inside the training process (0 workers)."""
+    cores = max(1, usable_cores() // processes)
+    if cuda:  # the GPU computes; the host threads only feed it
+        threads = workers if workers is not None else (4 if loader == "dali-gpu" else max(1, cores - 1))
+        return torch.get_num_threads(), threads, f"{cores} cores: {loader} with {threads} worker(s), the GPU computes"
+    if workers is None:
+        workers = 0 if loader == "pil" else 1
+    if loader == "dali-cpu":
+        workers = max(1, workers)  # DALI runs at least one thread of its own
+    workers = min(workers, cores - 1)
+    torch_threads = max(1, cores - workers)
+    where = "inside the training process" if workers == 0 else f"on {workers} worker(s)"
+    return torch_threads, workers, f"{cores} cores: torch {torch_threads} thread(s), loader {loader} {where}"
+
+
 @dataclass
 class Training:
     accelerator: object
@@ -19,6 +44,7 @@ class Training:
     optimizer: torch.optim.Optimizer
     micro_batch: int           # per process and accumulation step
     image_dtype: torch.dtype   # what the loaders hand over: fp16 on a GPU for bf16, float32 otherwise
+    loader_workers: int        # the loader's share of the cores (budget_cores)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -54,9 +80,11 @@ def build_training(cfg: TrainConfig, accelerator=None, model_state: dict | None 
     else:
         notes.append("WARNING: no --pretrained weights given: training starts from RANDOM weights "
                      "(no model hub is used; pass a local timm state dict to fine-tune as the study did)")
-    if acc.device.type == "cpu" and torch.get_num_threads() == 1 and (os.cpu_count() or 1) > 1:
-        notes.append(f"note: torch uses 1 of {os.cpu_count()} CPU threads (accelerate launch sets "
-                     f"OMP_NUM_THREADS=1): pass --num_cpu_threads_per_process {os.cpu_count()} to it")
+    cuda = acc.device.type == "cuda"
+    torch_threads, loader_workers, why = budget_cores(cfg.loader, cfg.workers, cuda, world)
+    if not cuda:
+        torch.set_num_threads(torch_threads)
+    notes.append(f"cores: {why}")
     frozen = freeze(model, cfg.freeze_stages)
     notes.append(f"frozen: stem + {cfg.freeze_stages} stage(s) ({frozen:,} parameters); "
                  f"trainable {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
@@ -70,4 +98,4 @@ def build_training(cfg: TrainConfig, accelerator=None, model_state: dict | None 
     train_model, optimizer = acc.prepare(compiled, optimizer)
     image_dtype = torch.float16 if acc.device.type == "cuda" and cfg.precision == "bf16" else torch.float32
     return Training(acc, model, train_model, optimizer, cfg.batch_size // (world * cfg.grad_accum), image_dtype,
-                    notes)
+                    loader_workers, notes)

@@ -20,11 +20,19 @@ from .data import LOADERS
 HEADS = ("sigmoid", "tree")
 
 # Keys that may differ between a run and its resumption without changing what it computes.
-RESUME_FREE = {"resume", "force", "out", "config", "log_every", "workers", "plot"}
+RESUME_FREE = {"resume", "force", "out", "config", "log_every", "workers", "plot", "ceiling_probe"}
 
 
 class ConfigError(ValueError):
     pass
+
+
+def auto_loader(cuda: bool) -> tuple[str, str]:
+    """The faster loader for this machine, and why (measured: benchmarks/results, README)."""
+    if cuda:
+        return "dali-gpu", "decodes and augments on the GPU, leaving the CPU free"
+    return "pil", ("on a CPU it decodes at the output's DCT scale inside the training process, so every core "
+                   "stays with the model (dali-cpu decodes at full size on threads of its own)")
 
 
 @dataclass
@@ -39,8 +47,9 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     image_size: int = field(default=224, metadata={"help": "model input side in px"})
     crop_size: int = field(default=212, metadata={"help": "center crop of the 424 px JPEG, in px"})
-    loader: str = field(default="auto", metadata={"help": "dali-gpu, dali-cpu or pil (auto: dali-gpu with CUDA)"})
-    workers: int | None = field(default=None, metadata={"help": "loader threads/processes"})
+    loader: str = field(default="auto", metadata={"help": "dali-gpu, dali-cpu or pil (auto: dali-gpu with CUDA, pil without)"})
+    workers: int | None = field(default=None, metadata={
+        "help": "loader threads/processes (default: the trainer's core budget, printed at start)"})
     precision: str = field(default="auto", metadata={"help": "bf16 or fp32 (auto: bf16 on GPU, fp32 on CPU)"})
     compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on with CUDA), on, off"})
     freeze_stages: int | None = field(default=None, metadata={
@@ -60,6 +69,8 @@ class TrainConfig:
     log_every: int = field(default=50, metadata={"help": "steps between host syncs / loss logs"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic torch algorithms"})
     plot: bool = field(default=True, metadata={"help": "draw RUN/curves.png at the end"})
+    ceiling_probe: int = field(default=5, metadata={
+        "help": "steps on synthetic tensors at start that measure the compute ceiling (undone; 0: off)"})
 
     # --- derived -----------------------------------------------------------------------------------
     def schedule_text(self) -> str:
@@ -81,7 +92,7 @@ class TrainConfig:
             c.epochs = n
         c.epochs = c.epochs if c.epochs is not None else 20
         if c.loader == "auto":
-            c.loader = "dali-gpu" if cuda else "dali-cpu"
+            c.loader = auto_loader(cuda)[0]
         if c.precision == "auto":
             c.precision = "bf16" if cuda else "fp32"
         if c.compile == "auto":
@@ -109,6 +120,7 @@ class TrainConfig:
         need(min(self.lr_backbone, self.lr_head, self.weight_decay, self.warmup_epochs) >= 0, "lr/wd/warm-up must be >= 0")
         need(0 <= self.zoom < 0.5 and 0 <= self.shift < 0.25, "zoom must be in [0, 0.5), shift in [0, 0.25)")
         need(self.log_every >= 1, "log_every must be >= 1")
+        need(self.ceiling_probe >= 0, "ceiling_probe must be >= 0")
         need(not self.force or self.resume, "--force only makes sense with --resume")
         need(self.freeze_stages is None or self.freeze_stages >= 0, "freeze_stages must be >= 0")
         try:

@@ -16,8 +16,6 @@ import re
 
 import torch
 
-from shard_tools.layout import IMAGE_SIDE
-
 from .data import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, batch_count, find_undecodable, normalize_on_device
 
 try:  # the one guarded import of DALI: no wheel for this platform, or libraries that fail to load
@@ -75,10 +73,7 @@ class DALILoader:
             shard_id=s.rank, num_shards=s.world_size, pad_last_batch=not s.train, stick_to_shard=not s.train,
             name="reader")
         jpg, ids = outs[0], outs[1]
-        # fancy upsampling: the GPU decoder then upsamples 4:2:0 chroma as libjpeg-turbo (cpu, PIL) does
-        images = fn.decoders.image(jpg, device="mixed" if self.gpu else "cpu", output_type=types.RGB,
-                                   jpeg_fancy_upsampling=True)
-        images, start, end, mirror = self._geometry(images)
+        images, start, end, mirror = self._geometry(jpg)
         images = fn.resize(images, size=(s.image_size, s.image_size), roi_start=start, roi_end=end,
                            roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=True)
         if self.normalize_in_graph:
@@ -92,24 +87,30 @@ class DALILoader:
             out.append(outs[2].gpu() if self.gpu else outs[2])
         return tuple(out)
 
-    def _geometry(self, images):
-        """(images, roi start, roi end, mirror) of the final crop. Train: a centred pre-crop just large
-        enough to rotate without blank corners, a uniform rotation, the (jittered) box and a flip."""
+    def _geometry(self, jpg):
+        """(images, roi start, roi end, mirror) of the final crop, at the output's resolution: only the
+        region the crop can reach is decoded; in train mode it is resized (antialiased) to the output's
+        scale first, then rotated uniformly (the region is just large enough that no corner is ever
+        blank), and the (jittered) box and a flip are drawn."""
         s = self.spec
-        c = float(s.crop_size)
+        side = s.rotation_crop_side() if s.train else s.crop_size
+        # fancy upsampling: the GPU decoder then upsamples 4:2:0 chroma as libjpeg-turbo (cpu, PIL) does
+        images = fn.decoders.image_crop(jpg, device="mixed" if self.gpu else "cpu", output_type=types.RGB,
+                                        crop=(side, side), jpeg_fancy_upsampling=True)
         if not s.train:
-            lo = (IMAGE_SIDE - c) / 2
-            return images, (lo, lo), (lo + c, lo + c), 0
-        side = s.rotation_crop_side()
-        if side < IMAGE_SIDE:
-            images = fn.crop(images, crop=(side, side))
+            return images, (0.0, 0.0), (float(side),) * 2, 0
+        unit = s.crop_size / s.image_size  # region pixels per output pixel
+        if unit > 1:  # shrink first: rotation then runs on the small image
+            side = round(side / unit)
+            images = fn.resize(images, size=(side, side), interp_type=types.INTERP_LINEAR, antialias=True)
+            unit = 1.0
         images = fn.rotate(images, angle=fn.random.uniform(range=(0.0, 360.0)), keep_size=True, fill_value=0)
-        centre = side / 2
+        centre, c = side / 2, s.image_size * unit
         if s.zoom:
             c = c * fn.random.uniform(range=(1 - s.zoom, 1 + s.zoom))
         if s.zoom or s.shift:
-            dy = fn.random.uniform(range=(-s.shift, s.shift)) * s.crop_size if s.shift else 0.0
-            dx = fn.random.uniform(range=(-s.shift, s.shift)) * s.crop_size if s.shift else 0.0
+            dy = fn.random.uniform(range=(-s.shift, s.shift)) * s.image_size * unit if s.shift else 0.0
+            dx = fn.random.uniform(range=(-s.shift, s.shift)) * s.image_size * unit if s.shift else 0.0
             start = fn.stack(centre + dy - c / 2, centre + dx - c / 2)
             end = fn.stack(centre + dy + c / 2, centre + dx + c / 2)
         else:

@@ -63,6 +63,16 @@ def interleave_tiers(paths: list[str], seed: int = 0, epoch: int = 0) -> list[st
     return [p for _, _, p in sorted(keyed)]
 
 
+def rotation_reach(crop_size: int, zoom: float = 0.0, shift: float = 0.0) -> float:
+    """Diameter, in source pixels, of the circle that a crop covers at any rotation, zoom and shift."""
+    return crop_size * (1 + zoom) * (1 + 2 * shift) * math.sqrt(2)
+
+
+def max_rotation_crop() -> int:
+    """The largest train-mode crop (no zoom or shift) whose every rotation stays inside the image."""
+    return int(IMAGE_SIDE / math.sqrt(2))
+
+
 def batch_count(n_samples: int, batch_size: int, train: bool) -> int:
     return n_samples // batch_size if train else math.ceil(n_samples / batch_size)
 
@@ -95,6 +105,13 @@ def make_loader(name: str, shard_paths, *, train: bool, batch_size: int, image_s
         raise LoaderError(str(exc)) from None
     if not 0 < crop_size <= IMAGE_SIDE:
         raise LoaderError(f"crop_size {crop_size} must be in 1..{IMAGE_SIDE}")
+    if image_size < 1 or batch_size < 1:
+        raise LoaderError(f"image_size {image_size} and batch_size {batch_size} must be >= 1")
+    reach = rotation_reach(crop_size, zoom, shift)
+    if train and reach > IMAGE_SIDE:
+        raise LoaderError(f"a train-mode crop of {crop_size} px (zoom {zoom}, shift {shift}) reaches {reach:.0f} px "
+                          f"when rotated, more than the {IMAGE_SIDE} px image: the corners would be blank. The largest "
+                          f"crop without zoom or shift is {max_rotation_crop()} px")
     if not 0 <= rank < world_size:
         raise LoaderError(f"rank {rank} outside world size {world_size}")
     labelled = {s.labelled for s in shards.values()}
@@ -157,9 +174,9 @@ class LoaderSpec:
         return int(np.random.default_rng([self.seed, self.epoch, self.rank]).integers(0, 2**31 - 1))
 
     def rotation_crop_side(self) -> int:
-        """Side of the centred pre-crop that still covers the final crop at any rotation, zoom and shift."""
-        side = self.crop_size * (1 + self.zoom) * (1 + 2 * self.shift) * math.sqrt(2)
-        return min(IMAGE_SIDE, 2 * math.ceil(side / 2) + 2)
+        """Side of the centred pre-crop that still covers the final crop at any rotation, zoom and shift
+        (make_loader refuses a crop whose reach exceeds the image)."""
+        return min(IMAGE_SIDE, 2 * math.ceil(rotation_reach(self.crop_size, self.zoom, self.shift) / 2) + 2)
 
     def valid_rows(self, n_samples: int, n_batches: int) -> list[int]:
         """Real rows per eval batch of this rank's `n_samples` (the last batch may be partial)."""

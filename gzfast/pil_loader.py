@@ -18,25 +18,57 @@ from shard_tools.layout import IMAGE_SIDE
 from .data import Batch, LoaderError, LoaderSpec, batch_count, normalize_on_device
 
 
+def dct_scale(spec: LoaderSpec) -> int:
+    """The largest JPEG DCT reduction (1, 2, 4 or 8) that still leaves the smallest crop at least as many
+    pixels as the output has: decoding more than that only feeds pixels the resize throws away."""
+    smallest_crop = spec.crop_size * (1 - spec.zoom if spec.train else 1)
+    return next(s for s in (8, 4, 2, 1) if s == 1 or smallest_crop / s >= spec.image_size)
+
+
+def decode(jpg: bytes, spec: LoaderSpec) -> tuple[Image.Image, float]:
+    """The JPEG decoded at the DCT scale the output needs (PIL's draft mode: libjpeg-turbo scales in the
+    DCT domain, which also low-passes); returns it and its pixels per source pixel."""
+    img = Image.open(io.BytesIO(jpg))
+    scale = dct_scale(spec)
+    if scale > 1:
+        img.draft("RGB", (math.ceil(IMAGE_SIDE / scale),) * 2)
+    img = img.convert("RGB")
+    return img, img.size[0] / IMAGE_SIDE
+
+
 def pil_transform(jpg: bytes, gid: int, spec: LoaderSpec) -> np.ndarray:
-    """Decode, crop (+ rotate, flip, zoom, shift in train) and resize one image: HWC uint8."""
-    img = Image.open(io.BytesIO(jpg)).convert("RGB")
-    c = float(spec.crop_size)
-    if spec.train:
-        rng = np.random.default_rng([spec.seed, spec.epoch, gid])
+    """Decode, crop (+ rotate, flip, zoom, shift in train) and resize one image: HWC uint8.
+
+    Work happens at the output's resolution: the decode is reduced in the DCT domain, the region the crop
+    can reach is resized (antialiased) to the output's scale first, and rotation, zoom, shift and crop
+    are then one bilinear resampling of that small image."""
+    img, f = decode(jpg, spec)
+    out = spec.image_size
+    if not spec.train:
+        lo, c = (IMAGE_SIDE - spec.crop_size) / 2 * f, spec.crop_size * f
+        return np.asarray(img.resize((out, out), Image.BILINEAR, box=(lo, lo, lo + c, lo + c)))
+    rng = np.random.default_rng([spec.seed, spec.epoch, gid])
+    angle = rng.uniform(0, 360)
+    zoom = rng.uniform(1 - spec.zoom, 1 + spec.zoom) if spec.zoom else 1.0
+    dx, dy = (rng.uniform(-spec.shift, spec.shift, 2) * out) if spec.shift else (0.0, 0.0)
+    flip = rng.random() < 0.5
+    # 1) when the output is smaller than the decode: the centred square that any rotation of the crop stays
+    # inside, resized (antialiased) to the output's scale. `unit`: input pixels per output pixel after it.
+    unit = spec.crop_size * f / out
+    if unit > 1:
         side = spec.rotation_crop_side()
-        lo = (IMAGE_SIDE - side) // 2
-        img = img.crop((lo, lo, lo + side, lo + side)).rotate(rng.uniform(0, 360), Image.BILINEAR, fillcolor=0)
-        if spec.zoom:
-            c *= rng.uniform(1 - spec.zoom, 1 + spec.zoom)
-        dx, dy = (rng.uniform(-spec.shift, spec.shift, 2) * spec.crop_size) if spec.shift else (0.0, 0.0)
-        cx, cy = side / 2 + dx, side / 2 + dy
-        img = img.resize((spec.image_size,) * 2, Image.BILINEAR, box=(cx - c / 2, cy - c / 2, cx + c / 2, cy + c / 2))
-        if rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    else:
-        lo = (IMAGE_SIDE - c) / 2
-        img = img.resize((spec.image_size,) * 2, Image.BILINEAR, box=(lo, lo, lo + c, lo + c))
+        lo, small = (IMAGE_SIDE - side) / 2 * f, round(side * out / spec.crop_size)
+        img = img.resize((small, small), Image.BILINEAR, box=(lo, lo, lo + side * f, lo + side * f))
+        unit = 1.0
+    # 2) one affine resampling: output pixel q -> centre + shift + zoom * R(angle) (q - output centre)
+    t = math.radians(angle)
+    a, b = unit * zoom * math.cos(t), unit * zoom * math.sin(t)
+    cx, cy = img.size[0] / 2 + dx * unit, img.size[1] / 2 + dy * unit
+    h = out / 2
+    img = img.transform((out, out), Image.AFFINE, (a, b, cx - a * h - b * h, -b, a, cy + b * h - a * h),
+                        resample=Image.BILINEAR, fillcolor=0)
+    if flip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(img)
 
 
@@ -103,7 +135,8 @@ class PILLoader:
             valid = None
             if s.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
                 valid, short = len(b["ids"]), s.batch_size - len(b["ids"])
-                b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()}
+                b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()
+                     if isinstance(v, torch.Tensor)}  # webdataset adds __key__ (strings)
             # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
             labels = b["labels"].to(s.device, non_blocking=True) if "labels" in b else None
             yield Batch(images=normalize_on_device(b["images"], s), labels=labels, ids=b["ids"], valid=valid)

@@ -8,6 +8,7 @@ validation runs; the validation loader is built once and reused.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from gzfast import checkpoint as ckpt
 from gzfast.build import Training, build_training, make_accelerator
-from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, explicit_values
+from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, auto_loader, explicit_values
 from gzfast.curriculum import ScheduleError, check_schedule, parse_schedule, shards_for_epoch, stage_at
 from gzfast.data import LoaderError, make_loader
 from gzfast.labels import read_labels
@@ -35,7 +36,8 @@ from gzfast.metrics import evaluation_report, rmse
 from shard_tools.layout import LayoutError, PackedSet
 
 # Fields of metrics.jsonl that measure time; everything else is reproducible given the seed.
-TIMING_KEYS = {"time", "epoch_time", "data_wait", "first_batch_wait", "compute_time", "eval_time", "images_per_s"}
+TIMING_KEYS = {"time", "epoch_time", "data_wait", "first_batch_wait", "compute_time", "eval_time", "images_per_s",
+               "ceiling_images_per_s", "of_ceiling"}
 
 
 class TrainingStopped(Exception):
@@ -59,14 +61,16 @@ def training_step(model, optimizer, accelerator, images: torch.Tensor, labels: t
     return loss.detach()
 
 
-def resolve_config(argv, cuda: bool) -> tuple[TrainConfig, dict | None]:
-    """The config of this run and, with --resume, the checkpoint to continue from."""
+def resolve_config(argv, cuda: bool) -> tuple[TrainConfig, dict | None, list[str]]:
+    """The config of this run, with --resume the checkpoint to continue from, and notes on the choices
+    made for this machine."""
     values = explicit_values(argv)
+    notes = [f"loader auto -> {auto_loader(cuda)[0]}: {auto_loader(cuda)[1]}"] if values.get("loader", "auto") == "auto" else []
     if not values.get("resume"):
         cfg = TrainConfig(**values).resolve(cuda)
         if (Path(cfg.out) / "metrics.jsonl").exists() or (Path(cfg.out) / "checkpoints").exists():
             raise ConfigError(f"{cfg.out} already holds a run; continue it with --resume or pick another --out")
-        return cfg, None
+        return cfg, None, notes
     if not values.get("out"):
         raise ConfigError("--resume needs --out RUN (the run folder to continue)")
     last = Path(values["out"]) / "checkpoints" / ckpt.LAST
@@ -80,7 +84,7 @@ def resolve_config(argv, cuda: bool) -> tuple[TrainConfig, dict | None]:
         lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(f"--resume refused: the config differs from the checkpoint's ({lines}); "
                           f"pass --force to continue anyway")
-    return wanted, state
+    return wanted, state, []
 
 
 @dataclass
@@ -106,8 +110,9 @@ class EpochStats:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume_state: dict | None = None):
+    def __init__(self, cfg: TrainConfig, resume_state: dict | None = None, notes: list[str] = ()):
         self.cfg = cfg
+        self.notes = list(notes)
         acc = make_accelerator(cfg)
         self.accelerator = acc
         self.is_main = acc.is_main_process
@@ -135,6 +140,7 @@ class Trainer:
         self.start_time = time.time() - resume.get("elapsed", 0.0)
         self.metrics_lines = self._count_metrics_lines()
         self.val_loader = None
+        self.ceiling = None  # images/s of the step on synthetic tensors (measure_ceiling)
         self.prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="next-epoch-loader")
         self.next_loader = None  # (epoch, future of its prepared loader)
 
@@ -206,7 +212,7 @@ class Trainer:
     def _loader_args(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         return dict(batch_size=self.t.micro_batch, image_size=cfg.image_size, crop_size=cfg.crop_size,
-                    rank=acc.process_index, world_size=acc.num_processes, seed=cfg.seed, workers=cfg.workers,
+                    rank=acc.process_index, world_size=acc.num_processes, seed=cfg.seed, workers=self.t.loader_workers,
                     device=acc.device, dtype=self.t.image_dtype)
 
     def _train_loader(self, epoch: int):
@@ -321,20 +327,53 @@ class Trainer:
                   "val_per_tier": report["per_tier"] if report else None,
                   "epoch_time": st.train_time + eval_time, "data_wait": st.data_wait,
                   "first_batch_wait": st.first_batch_wait, "compute_time": st.train_time - st.data_wait,
-                  "eval_time": eval_time, "images_per_s": st.samples / max(st.train_time, 1e-9)}
+                  "eval_time": eval_time, "images_per_s": st.samples / max(st.train_time, 1e-9),
+                  "ceiling_images_per_s": self.ceiling}
+        # what the loader costs even when nobody waits on it: the fed rate against the bare step's
+        record["of_ceiling"] = record["images_per_s"] / self.ceiling if self.ceiling else None
         self.log(record)
         if self.is_main:
             tiers = " ".join(f"{k} {v:.4f}" for k, v in (record["val_per_tier"] or {}).items())
             val = f"val RMSE {record['val_rmse']:.5f} ({tiers})" if report else "no val shards"
             print(f"epoch {epoch + 1:>3}/{self.cfg.epochs} [{stage_name}] loss {train_loss:.5f} {val} "
-                  f"{record['epoch_time']:.1f} s (data wait {st.data_wait:.1f} s) {record['images_per_s']:,.0f} img/s",
-                  flush=True)
+                  f"{record['epoch_time']:.1f} s (data wait {st.data_wait:.1f} s) {record['images_per_s']:,.0f} img/s"
+                  + (f" ({record['of_ceiling']:.0%} of the ceiling)" if self.ceiling else ""), flush=True)
         improved = report is not None and report["rmse"] <= self.best_rmse
         if improved:
             self.best_rmse = report["rmse"]
         self.stats = EpochStats()
         self.step_in_epoch = 0
         self.save_checkpoint(epoch + 1, 0, best=improved)
+
+    def measure_ceiling(self) -> float | None:
+        """Images/s of the real training step on synthetic tensors already on the device: the compute
+        ceiling that the loader-fed rate is compared with. Its effects are undone (weights, buffers and
+        optimizer state restored, gradients cleared, the accumulation counter reset, its own RNG)."""
+        n, t, acc = self.cfg.ceiling_probe, self.t, self.accelerator
+        if n <= 0:
+            return None
+        saved_model = {k: v.clone() for k, v in t.model.state_dict().items()}
+        saved_optimizer, saved_step = copy.deepcopy(t.optimizer.state_dict()), acc.step
+        gen = torch.Generator().manual_seed(0)
+        side = self.cfg.image_size
+        images = torch.randn(t.micro_batch, 3, side, side, generator=gen).to(t.device, t.image_dtype)
+        images = images.contiguous(memory_format=torch.channels_last)
+        labels = torch.rand(t.micro_batch, 37, generator=gen).to(t.device)
+        t.train_model.train()
+        for i in range(n + 2):  # two warm-up steps (and compilation), then n timed ones
+            if i == 2:
+                if acc.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            training_step(t.train_model, t.optimizer, acc, images, labels)
+        if acc.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        t.optimizer.zero_grad(set_to_none=True)
+        t.model.load_state_dict(saved_model)
+        t.optimizer.load_state_dict(saved_optimizer)
+        acc.step = saved_step
+        return n * t.micro_batch * acc.num_processes / elapsed
 
     @torch.no_grad()
     def evaluate(self) -> dict | None:
@@ -371,12 +410,15 @@ class Trainer:
             print("config: " + json.dumps(cfg.to_dict()), flush=True)
             print(f"processes {self.accelerator.num_processes}, device {self.accelerator.device}, "
                   f"micro-batch {self.t.micro_batch} x grad-accum {cfg.grad_accum}", flush=True)
-            for note in self.t.notes:
+            for note in self.notes + self.t.notes:
                 print(note, flush=True)
         if self.epoch >= cfg.epochs:
             if self.is_main:
                 print(f"{self.run_dir}: already trained for {cfg.epochs} epochs; nothing to do")
             return 0
+        self.ceiling = self.measure_ceiling()
+        if self.is_main and self.ceiling:
+            print(f"compute ceiling: {self.ceiling:,.0f} img/s (the training step on synthetic tensors)", flush=True)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.epoch < cfg.epochs:
@@ -427,8 +469,8 @@ class Trainer:
 
 def main(argv=None) -> int:
     try:
-        cfg, state = resolve_config(argv, torch.cuda.is_available())
-        trainer = Trainer(cfg, state)
+        cfg, state, notes = resolve_config(argv, torch.cuda.is_available())
+        trainer = Trainer(cfg, state, notes)
         return trainer.fit()
     except (ConfigError, LoaderError, LayoutError, ScheduleError, TrainingStopped) as exc:
         print(f"train: error: {exc}", file=sys.stderr)

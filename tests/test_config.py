@@ -15,7 +15,7 @@ def test_defaults_are_the_study():
         ("convnext_small", 20, 512, 1e-4, 5e-4, 1e-4, 224)
     assert (c.loader, c.precision, c.compile, c.freeze_stages) == ("dali-gpu", "bf16", "on", 0)
     cpu = TrainConfig(pretrained="w.pth").resolve(cuda=False)
-    assert (cpu.loader, cpu.precision, cpu.compile, cpu.freeze_stages) == ("dali-cpu", "fp32", "off", 2)
+    assert (cpu.loader, cpu.precision, cpu.compile, cpu.freeze_stages) == ("pil", "fp32", "off", 2)
 
 
 def test_curriculum_flag_alone_and_with_epochs():
