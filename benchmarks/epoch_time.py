@@ -267,6 +267,10 @@ def run(args) -> tuple[list[dict], TrainConfig]:
     cuda = torch.cuda.is_available()
     names = args.loaders.split(",") if args.loaders else (["dali-gpu"] if cuda else []) + ["dali-cpu", "pil"]
     what = set(args.what.split(","))
+    unknown = [n for n in names if n not in LOADERS] + [w for w in what if w not in ("loaders", "synthetic", "train", "epoch")]
+    if unknown:
+        raise LoaderError(f"unknown loader or measurement {', '.join(unknown)}: loaders are {', '.join(LOADERS)}; "
+                          f"measurements loaders, synthetic, train, epoch")
     data = ensure_shards(args)
     cfg = resolve(args)
     paths = data.paths("train")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, first_line
 from .model import GZ2Model, freeze, load_pretrained, param_groups
 
 
@@ -52,6 +52,15 @@ class Training:
         return self.accelerator.device
 
 
+def create_model(cfg: TrainConfig) -> GZ2Model:
+    import timm
+    if not timm.is_model(cfg.model):
+        near = timm.list_models(f"*{cfg.model.split('.')[0][:8]}*")[:5]
+        raise ConfigError(f"--model {cfg.model}: not a timm model" + (f" (similar: {', '.join(near)})" if near else "")
+                          + "; `python -c 'import timm; print(timm.list_models())'` lists them")
+    return GZ2Model(cfg.model, cfg.head)
+
+
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     return Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
@@ -72,10 +81,14 @@ def build_training(cfg: TrainConfig, accelerator=None, model_state: dict | None 
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     set_seed(cfg.seed)
-    model = GZ2Model(cfg.model, cfg.head)
+    model = create_model(cfg)
     notes = []
     if cfg.pretrained:
-        info = load_pretrained(model, cfg.pretrained)
+        try:
+            info = load_pretrained(model, cfg.pretrained)
+        except Exception as exc:  # noqa: BLE001 - safetensors, pickle and torch each raise their own kind
+            raise ConfigError(f"--pretrained {cfg.pretrained}: cannot use it ({first_line(exc)}); "
+                              f"give a timm state dict (.safetensors or .pth) of {cfg.model}") from None
         notes.append(f"loaded {info['loaded']} tensors from {cfg.pretrained} (classifier replaced)")
     else:
         notes.append("WARNING: no --pretrained weights given: training starts from RANDOM weights "
@@ -85,13 +98,19 @@ def build_training(cfg: TrainConfig, accelerator=None, model_state: dict | None 
     if not cuda:
         torch.set_num_threads(torch_threads)
     notes.append(f"cores: {why}")
-    frozen = freeze(model, cfg.freeze_stages)
+    try:
+        frozen = freeze(model, cfg.freeze_stages)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     notes.append(f"frozen: stem + {cfg.freeze_stages} stage(s) ({frozen:,} parameters); "
                  f"trainable {sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay))
     if model_state is not None:
-        model.load_state_dict(model_state)
+        try:
+            model.load_state_dict(model_state)
+        except RuntimeError as exc:
+            raise ConfigError(f"the checkpoint's weights do not fit {cfg.model} ({first_line(exc)})") from None
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     compiled = torch.compile(model) if cfg.compile == "on" else model

@@ -14,17 +14,29 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from shard_tools.layout import IMAGE_SIDE
+
 from .curriculum import DEFAULT_SCHEDULE, ScheduleError, default_schedule, parse_schedule, total_epochs
-from .data import LOADERS
+from .data import LOADERS, max_rotation_crop, rotation_reach
 
 HEADS = ("sigmoid", "tree")
 
 # Keys that may differ between a run and its resumption without changing what it computes.
-RESUME_FREE = {"resume", "force", "out", "config", "log_every", "workers", "plot", "ceiling_probe"}
+# Run control: how this invocation runs, not what it computes. Never saved (config.json, checkpoints).
+RUN_CONTROL = {"resume", "force", "plot", "ceiling_probe", "verify_shards"}
+# Keys that may differ between a run and its resumption without changing what it computes (the pil
+# loader's order depends on its worker count: the trainer checks that one itself).
+RESUME_FREE = RUN_CONTROL | {"out", "log_every", "workers"}
 
 
 class ConfigError(ValueError):
     pass
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for one-line error messages (its type when it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def auto_loader(cuda: bool) -> tuple[str, str]:
@@ -69,6 +81,8 @@ class TrainConfig:
     log_every: int = field(default=50, metadata={"help": "steps between host syncs / loss logs"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic torch algorithms"})
     plot: bool = field(default=True, metadata={"help": "draw RUN/curves.png at the end"})
+    verify_shards: str = field(default="quick", metadata={
+        "help": "check the shards trained on at start: quick (sizes, counts, indexes) or full (also sha256)"})
     ceiling_probe: int = field(default=5, metadata={
         "help": "steps on synthetic tensors at start that measure the compute ceiling (undone; 0: off)"})
 
@@ -79,7 +93,13 @@ class TrainConfig:
     def resolve(self, cuda: bool) -> TrainConfig:
         """Machine-dependent defaults filled in, then every value checked."""
         c = dataclasses.replace(self)
+        if c.curriculum is not None and not c.curriculum.strip():
+            raise ConfigError("--curriculum '': an empty schedule; give one (e.g. high:4,high+medium:4,all:12), "
+                              "--curriculum alone for the default, or leave it out for plain training")
         if c.curriculum == "default":
+            if (c.epochs or 20) < 3:
+                raise ConfigError(f"--curriculum alone needs at least 3 epochs (one per stage), got --epochs {c.epochs}; "
+                                  f"give a schedule such as high:1,all:{max(c.epochs - 1, 1)} or train plain")
             c.curriculum = default_schedule(c.epochs or 20)
         elif c.curriculum:
             try:
@@ -115,8 +135,13 @@ class TrainConfig:
         need(self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r}: constant or cosine")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
-        need(0 < self.crop_size <= 424, f"crop_size {self.crop_size} must be in 1..424")
+        need(0 < self.crop_size <= IMAGE_SIDE, f"crop_size {self.crop_size} must be in 1..{IMAGE_SIDE}")
         need(self.image_size >= 16, f"image_size {self.image_size} must be >= 16")
+        reach = rotation_reach(self.crop_size, self.zoom, self.shift)
+        need(reach <= IMAGE_SIDE, f"crop_size {self.crop_size} (zoom {self.zoom}, shift {self.shift}) cannot be rotated "
+             f"inside the {IMAGE_SIDE} px image without blank corners (it reaches {reach:.0f} px); the largest crop "
+             f"without zoom or shift is {max_rotation_crop()} px")
+        need(self.verify_shards in ("quick", "full"), f"verify_shards {self.verify_shards!r}: quick or full")
         need(min(self.lr_backbone, self.lr_head, self.weight_decay, self.warmup_epochs) >= 0, "lr/wd/warm-up must be >= 0")
         need(0 <= self.zoom < 0.5 and 0 <= self.shift < 0.25, "zoom must be in [0, 0.5), shift in [0, 0.25)")
         need(self.log_every >= 1, "log_every must be >= 1")
@@ -129,7 +154,8 @@ class TrainConfig:
             raise ConfigError(f"curriculum: {exc}") from None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """What the run computes from (run-control keys left out): config.json and every checkpoint."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_CONTROL}
 
 
 def _field_type(f) -> type:
@@ -169,12 +195,16 @@ def load_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - yaml, json and decoding each raise their own kind
+        raise ConfigError(f"--config {path}: not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'} "
+                          f"({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     return from_mapping(data, str(path))
@@ -203,11 +233,6 @@ def explicit_values(argv=None) -> dict:
     values = load_file(args.pop("config")) if "config" in args else {}
     values.update(from_mapping(args, "command line"))
     return values
-
-
-def parse_config(argv=None) -> TrainConfig:
-    """Defaults < config file < flags. Unresolved (call .resolve(cuda) next)."""
-    return TrainConfig(**explicit_values(argv))
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -135,7 +135,7 @@ class DALILoader:
     def prepare(self) -> DALILoader:
         """Builds the pipeline and its iterator, which runs it up to the first batch. Idempotent; safe to
         call from a background thread while another pipeline runs."""
-        if self._iterator is not None:
+        if self._iterator is not None or self.n_batches == 0:  # an empty slice (more ranks than samples) reads nothing
             return self
         s = self.spec
         device_id = (s.device.index if s.device.index is not None else torch.cuda.current_device()) if self.gpu else None
@@ -168,6 +168,8 @@ class DALILoader:
         return Batch(images=images, labels=labels, ids=out["ids"].reshape(-1), valid=valid)
 
     def __iter__(self):
+        if self.n_batches == 0:
+            return
         self.prepare()
         s = self.spec
         it = self._iterator

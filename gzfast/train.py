@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from gzfast import checkpoint as ckpt
 from gzfast.build import Training, build_training, make_accelerator
-from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, auto_loader, explicit_values
+from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, auto_loader, config_from_dict, explicit_values, first_line
 from gzfast.curriculum import ScheduleError, check_schedule, parse_schedule, shards_for_epoch, stage_at
 from gzfast.data import LoaderError, make_loader
 from gzfast.labels import read_labels
@@ -68,23 +68,36 @@ def resolve_config(argv, cuda: bool) -> tuple[TrainConfig, dict | None, list[str
     notes = [f"loader auto -> {auto_loader(cuda)[0]}: {auto_loader(cuda)[1]}"] if values.get("loader", "auto") == "auto" else []
     if not values.get("resume"):
         cfg = TrainConfig(**values).resolve(cuda)
-        if (Path(cfg.out) / "metrics.jsonl").exists() or (Path(cfg.out) / "checkpoints").exists():
-            raise ConfigError(f"{cfg.out} already holds a run; continue it with --resume or pick another --out")
+        check_new_run_folder(Path(cfg.out))
         return cfg, None, notes
     if not values.get("out"):
         raise ConfigError("--resume needs --out RUN (the run folder to continue)")
     last = Path(values["out"]) / "checkpoints" / ckpt.LAST
     if not last.exists():
         raise ConfigError(f"--resume: nothing to resume, {last} does not exist")
-    state = ckpt.load(last)
-    saved = state["config"]
-    wanted = TrainConfig(**{**saved, **values}).resolve(cuda)
+    try:
+        state = ckpt.load(last)
+        saved = state["config"]
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
+        raise ConfigError(f"--resume: {last} is not a readable gzfast checkpoint ({first_line(exc)}); "
+                          f"start a new run with another --out") from None
+    wanted = config_from_dict({**saved, **values}).resolve(cuda)
     changed = {k: (saved[k], v) for k, v in wanted.to_dict().items() if k not in RESUME_FREE and saved.get(k) != v}
     if changed and not wanted.force:
         lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(f"--resume refused: the config differs from the checkpoint's ({lines}); "
                           f"pass --force to continue anyway")
     return wanted, state, []
+
+
+def check_new_run_folder(out: Path):
+    """A new run writes into a new or empty folder: nothing the project did not write is overwritten."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; pick another --out")
+    if out.is_dir() and any(out.iterdir()):
+        what = "a run" if (out / "checkpoints" / ckpt.LAST).exists() else "files"
+        raise ConfigError(f"--out {out} already holds {what}; pick a new or empty --out"
+                          + (", or continue that run with --resume" if what == "a run" else ""))
 
 
 @dataclass
@@ -123,12 +136,22 @@ class Trainer:
         self.schedule = parse_schedule(cfg.schedule_text(), cfg.epochs)
         check_schedule(self.data, self.schedule)
         self.val_paths = self.data.paths("val")
+        if not self.val_paths:
+            raise ConfigError(f"{cfg.shards} has no validation shards; pack it with --val-fraction > 0")
+        problems = self.data.problems(self.data.select("train") + self.data.select("val"), full=cfg.verify_shards == "full")
+        if problems:
+            raise LayoutError(f"{len(problems)} problem(s) in the shards of {cfg.shards}, first: {problems[0]}; "
+                              f"`python -m shard_tools verify {cfg.shards}` lists them, re-running pack repairs them")
         self.high, self.low = self.data.thresholds["high"], self.data.thresholds["low"]
         if resume_state is not None and resume_state["data_fingerprint"] != self.data.fingerprint and not cfg.force:
             raise ConfigError(f"--resume refused: the shards in {cfg.shards} differ from the ones this run "
                               f"was trained on (manifest changed); pass --force to continue anyway")
         resume = resume_state or {}
         self.t: Training = build_training(cfg, acc, resume.get("model"), resume.get("optimizer"))
+        was = resume.get("loader_workers", self.t.loader_workers)
+        if cfg.loader == "pil" and was != self.t.loader_workers and not cfg.force:
+            raise ConfigError(f"--resume refused: the pil loader's sample order depends on its worker count, which "
+                              f"was {was} and is {self.t.loader_workers} here; pass --workers {was}, or --force")
         self.base_lrs = [g["lr"] for g in self.t.optimizer.param_groups]
         self.epoch, self.step_in_epoch = resume.get("epoch", 0), resume.get("step", 0)
         self.global_step, self.best_rmse = resume.get("global_step", 0), resume.get("best_rmse", math.inf)
@@ -185,7 +208,7 @@ class Trainer:
         state = {"config": self.cfg.to_dict(), "data_fingerprint": self.data.fingerprint,
                  "model": self.t.model.state_dict(), "optimizer": self.t.optimizer.state_dict(),
                  "epoch": epoch, "step": step, "global_step": self.global_step, "best_rmse": self.best_rmse,
-                 "epoch_stats": self.stats.state_dict(), "rng": ckpt.rng_state(),
+                 "epoch_stats": self.stats.state_dict(), "rng": ckpt.rng_state(), "loader_workers": self.t.loader_workers,
                  "metrics_lines": self.metrics_lines, "elapsed": time.time() - self.start_time}
         ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
         if best:
@@ -376,12 +399,10 @@ class Trainer:
         return n * t.micro_batch * acc.num_processes / elapsed
 
     @torch.no_grad()
-    def evaluate(self) -> dict | None:
+    def evaluate(self) -> dict:
         """Validation RMSE over every val sample once, across processes. Fixed-shape batches (the last one
         padded, the padding dropped) so a compiled model never recompiles; predictions stay on the
         device until one copy at the end."""
-        if not self.val_paths:
-            return None
         acc = self.accelerator
         if self.val_loader is None:
             self.val_loader = make_loader(self.cfg.loader, self.val_paths, train=False, pad_last_batch=True,
@@ -444,9 +465,6 @@ class Trainer:
         """Final table: this run against predicting the training mean for every galaxy."""
         epochs = [json.loads(line) for line in self.metrics_path.read_text().splitlines()]
         epochs = [r for r in epochs if r["kind"] == "epoch"]
-        if not self.val_paths:
-            print("no validation shards: no summary")
-            return
         _, val_labels = read_labels(self.val_paths)
         _, train_labels = read_labels(self.data.paths("train"))
         baseline = rmse(np.broadcast_to(train_labels.astype(np.float64).mean(axis=0), val_labels.shape), val_labels)
@@ -475,6 +493,10 @@ def main(argv=None) -> int:
     except (ConfigError, LoaderError, LayoutError, ScheduleError, TrainingStopped) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, TrainingStopped) else 3
+    except OSError as exc:  # a full disk, a folder we may not write: name the file and the cause
+        print(f"train: error: cannot write or read {exc.filename or 'a file'}: {exc.strerror or exc}; the last "
+              f"checkpoint stays as it was", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

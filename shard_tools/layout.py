@@ -105,7 +105,22 @@ def shard_info(tar_path: str | os.PathLike) -> ShardInfo:
     entries = read_index(idx)
     if not entries:
         raise LayoutError(f"{idx}: the index lists no samples")
+    index_tar_problem(tar_path, idx, entries)
     return ShardInfo(tar_path, idx, len(entries), any(e.ext == "f32" for e in entries[0]))
+
+
+def index_tar_problem(tar_path: str, idx: str, entries: list[list[IndexEntry]]):
+    """Raises LayoutError unless the index covers the whole tar: its last member ends inside the file and
+    the tar's end-of-archive block (zeros) follows it, so no sample lies beyond what the index lists."""
+    end = max(e.offset + e.size for sample in entries for e in sample)
+    block = -(-end // 512) * 512
+    with open(tar_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        tail = os.pread(f.fileno(), 512, block)
+    if end > size:
+        raise LayoutError(f"{idx}: points {end - size} bytes past the end of {tar_path}; re-run pack")
+    if tail.strip(b"\0"):
+        raise LayoutError(f"{idx}: lists {len(entries)} samples but {tar_path} holds more after them; re-run pack")
 
 
 # --- a packed set ---------------------------------------------------------------------------------
@@ -174,6 +189,33 @@ class PackedSet:
 
     def samples(self, split: str, tiers=None) -> int:
         return sum(s.samples for s in self.select(split, tiers))
+
+    def problems(self, shards: list[Shard] | None = None, full: bool = False) -> list[str]:
+        """What is wrong with these shards (default: all) against the manifest, cheaply: each tar's size,
+        its index readable, listing the manifest's sample count and pointing inside the tar; `full` also
+        hashes every tar (sha256). `shard_tools verify` is the thorough check."""
+        out = []
+        for s in self.shards if shards is None else shards:
+            found = []
+            try:
+                size = os.path.getsize(s.path)
+                entries = read_index(s.index)
+                if size != s.bytes:
+                    found.append(f"{s.path}: {size} bytes, the manifest says {s.bytes}")
+                if len(entries) != s.samples:
+                    found.append(f"{s.index}: lists {len(entries)} samples, the manifest says {s.samples}")
+                if entries:
+                    index_tar_problem(s.path, s.index, entries)
+                if full and not found:
+                    with open(s.path, "rb") as f:
+                        if hashlib.file_digest(f, "sha256").hexdigest() != s.sha256:
+                            found.append(f"{s.path}: sha256 differs from the manifest")
+            except OSError as exc:
+                found.append(f"{exc.filename or s.path}: cannot read it ({exc.strerror})")
+            except LayoutError as exc:
+                found.append(str(exc))
+            out += found
+        return out
 
     @property
     def counts(self) -> dict:

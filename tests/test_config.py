@@ -4,9 +4,14 @@ import sys
 
 import pytest
 
-from gzfast.config import ConfigError, TrainConfig, config_from_dict, parse_config
+from gzfast.config import ConfigError, TrainConfig, config_from_dict, explicit_values
 
 from helpers import REPO
+
+
+def parse_config(argv) -> TrainConfig:
+    """Defaults < config file < flags, unresolved: what the trainer builds from its command line."""
+    return TrainConfig(**explicit_values(argv))
 
 
 def test_defaults_are_the_study():

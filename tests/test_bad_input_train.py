@@ -1,0 +1,146 @@
+"""Bad input to the trainer and the benchmark, as a table: each case ends in one line `prog: error: ...`
+and exit 2 (never a traceback), and every file that existed before is byte-identical after."""
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from gzfast.train import main
+from shard_tools.layout import index_path
+
+from helpers import REPO
+
+TINY = ["--model", "convnext_atto", "--image-size", "32", "--crop-size", "128", "--batch-size", "16", "--epochs", "1",
+        "--loader", "dali-cpu", "--no-plot", "--ceiling-probe", "0"]
+
+
+def snapshot(*folders: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders if folder.exists() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def manifest_without(shards: Path, keep) -> None:
+    path = shards / "manifest.json"
+    m = json.loads(path.read_text())
+    m["shards"] = [s for s in m["shards"] if keep(s)]
+    path.write_text(json.dumps(m))
+
+
+def drop_index_lines(shards: Path, n: int, fix_manifest: bool) -> None:
+    """The first train shard's index loses its last `n` samples (the header says so too)."""
+    m = json.loads((shards / "manifest.json").read_text())
+    shard = next(s for s in m["shards"] if s["split"] == "train")
+    idx = shards / shard["index"]
+    lines = idx.read_text().splitlines()
+    version, count = lines[0].split()
+    idx.write_text("\n".join([f"{version} {int(count) - n}", *lines[1:-n]]) + "\n")
+    if fix_manifest:
+        shard["samples"] -= n
+        (shards / "manifest.json").write_text(json.dumps(m))
+
+
+def text_file(path: Path, text="this is not what it should be\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def other_weights(tmp: Path) -> Path:
+    path = tmp / "femto.pth"
+    torch.save(timm.create_model("convnext_femto").state_dict(), path)
+    return path
+
+
+# (case id, setup(tmp, shards) -> extra args, expected part of the message)
+CASES = [
+    ("shards-missing", lambda t, s: ["--shards", str(t / "nowhere")], "no manifest"),
+    ("shards-is-a-file", lambda t, s: ["--shards", str(text_file(t / "f.txt"))], "no manifest"),
+    ("manifest-truncated", lambda t, s: (s / "manifest.json").write_text((s / "manifest.json").read_text()[:100]) and [],
+     "unreadable manifest"),
+    ("manifest-foreign", lambda t, s: (s / "manifest.json").write_text('{"hello": 1}') and [], "not a gzfast manifest"),
+    ("config-missing", lambda t, s: ["--config", str(t / "none.yaml")], "file not found"),
+    ("config-bad-yaml", lambda t, s: ["--config", str(text_file(t / "c.yaml", "model: [convnext\n"))], "not valid YAML"),
+    ("config-bad-json", lambda t, s: ["--config", str(text_file(t / "c.json", "{model: 1"))], "not valid JSON"),
+    ("config-not-a-mapping", lambda t, s: ["--config", str(text_file(t / "c.yaml", "- 1\n- 2\n"))], "expected a mapping"),
+    ("config-unknown-key", lambda t, s: ["--config", str(text_file(t / "c.yaml", "modle: x\n"))], "unknown key"),
+    ("config-wrong-type", lambda t, s: ["--config", str(text_file(t / "c.yaml", "epochs: many\n"))], "expected int"),
+    ("unknown-model", lambda t, s: ["--model", "convnext_tinyy"], "not a timm model"),
+    ("empty-curriculum", lambda t, s: ["--curriculum", ""], "empty schedule"),
+    ("default-curriculum-too-few-epochs", lambda t, s: ["--curriculum", "--epochs", "2"], "at least 3 epochs"),
+    ("schedule-unknown-tier", lambda t, s: ["--curriculum", "high:1,mid:1"], "unknown tier"),
+    ("schedule-epochs-conflict", lambda t, s: ["--curriculum", "high:1,all:1", "--epochs", "3"], "conflicts"),
+    ("schedule-empty-tier", lambda t, s: manifest_without(s, lambda x: x["tier"] != "medium") or
+     ["--curriculum", "medium:1"], "selects no shards"),
+    ("no-validation-shards", lambda t, s: manifest_without(s, lambda x: x["split"] != "val") or [], "no validation shards"),
+    ("index-shorter-than-manifest", lambda t, s: drop_index_lines(s, 3, False) or [], "the manifest says"),
+    ("index-shorter-than-tar", lambda t, s: drop_index_lines(s, 3, True) or [], "holds more after them"),
+    ("index-missing", lambda t, s: Path(index_path(next(s.glob("train/*/*.tar")))).unlink() or [], "cannot read"),
+    ("shard-missing", lambda t, s: next(s.glob("train/*/*.tar")).unlink() or [], "cannot read"),
+    ("shard-truncated", lambda t, s: (lambda p: p.write_bytes(p.read_bytes()[:5000]) and None)(next(s.glob("val/*.tar"))) or [],
+     "bytes, the manifest says"),
+    ("out-is-a-file", lambda t, s: ["--out", str(text_file(t / "run.txt"))], "is a file"),
+    ("out-holds-foreign-files", lambda t, s: text_file(t / "mine" / "config.json", '{"mine": true}') and
+     ["--out", str(t / "mine")], "already holds files"),
+    ("resume-nothing", lambda t, s: ["--resume", "--out", str(t / "empty")], "nothing to resume"),
+    ("resume-a-foreign-folder", lambda t, s: text_file(t / "notes" / "todo.txt") and ["--resume", "--out", str(t / "notes")],
+     "nothing to resume"),
+    ("resume-text-checkpoint", lambda t, s: text_file(t / "r" / "checkpoints" / "last.pt") and
+     ["--resume", "--out", str(t / "r")], "not a readable gzfast checkpoint"),
+    ("force-without-resume", lambda t, s: ["--force"], "--force only"),
+    ("pretrained-missing", lambda t, s: ["--pretrained", str(t / "w.pth")], "--pretrained"),
+    ("pretrained-text", lambda t, s: ["--pretrained", str(text_file(t / "w.pth"))], "cannot use it"),
+    ("pretrained-bad-safetensors", lambda t, s: ["--pretrained", str(text_file(t / "w.safetensors"))], "cannot use it"),
+    ("pretrained-other-model", lambda t, s: ["--pretrained", str(other_weights(t))], "cannot use it"),
+    ("freeze-a-model-without-stages", lambda t, s: ["--model", "resnet10t", "--freeze-stages", "2"], "no stem/stages"),
+    ("image-size-zero", lambda t, s: ["--image-size", "0"], "image_size 0"),
+    ("crop-too-large-to-rotate", lambda t, s: ["--crop-size", "380"], "blank corners"),
+    ("crop-larger-than-image", lambda t, s: ["--crop-size", "500"], "crop_size 500"),
+    ("zoom-out-of-range", lambda t, s: ["--zoom", "0.9"], "zoom must be"),
+    ("unknown-loader", lambda t, s: ["--loader", "ffcv"], "loader 'ffcv'"),
+    ("batch-not-divisible", lambda t, s: ["--grad-accum", "3"], "not divisible"),
+    ("batch-size-zero", lambda t, s: ["--batch-size", "0"], "must be >= 1"),
+    ("epochs-zero", lambda t, s: ["--epochs", "0"], "epochs must be >= 1"),
+    ("precision-unknown", lambda t, s: ["--precision", "fp8"], "precision"),
+    ("verify-shards-unknown", lambda t, s: ["--verify-shards", "always"], "quick or full"),
+]
+
+
+@pytest.mark.parametrize("case, setup, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_trainer_input_is_one_line_exit_2_and_touches_nothing(case, setup, message, synth_shards, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    shutil.copytree(synth_shards, shards)
+    extra = setup(tmp_path, shards) or []
+    before = snapshot(tmp_path)
+    args = ["--shards", str(shards), "--out", str(tmp_path / "run"), *TINY, *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train: error: ") and message in err[0], err
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before, "a file that existed before was changed"
+    assert not (tmp_path / "run").exists() or case.startswith("out-")
+
+
+def test_run_control_flags_are_not_part_of_the_saved_config():
+    from gzfast.config import RUN_CONTROL, TrainConfig
+    saved = TrainConfig(resume=True, force=True, plot=False).resolve(False).to_dict()
+    assert not RUN_CONTROL & set(saved) and {"resume", "force"} <= RUN_CONTROL
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shards", "/nowhere/at/all"], "no manifest"),
+    (["--loaders", "ffcv"], "unknown loader"),
+    (["--config", "/nowhere.yaml"], "file not found"),
+])
+def test_bad_benchmark_input_is_one_line(args, message, synth_shards):
+    full = args if "--shards" in args else ["--shards", str(synth_shards), *args]
+    res = subprocess.run([sys.executable, "benchmarks/epoch_time.py", "--quick", *full], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert err[-1].startswith("epoch_time: error: ") and message in err[-1], res.stderr
