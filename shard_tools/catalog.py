@@ -125,7 +125,7 @@ def hash_images(inp: InputFiles, threads: int | None = None) -> InputFiles:
     buffers release the GIL."""
     paths = [p for names in inp.images.values() for p in names.values()]
     chunks = [paths[i:i + _HASH_CHUNK] for i in range(0, len(paths), _HASH_CHUNK)]
-    threads = threads or min(8, 2 * (os.cpu_count() or 1))
+    threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
         digests = [d for chunk in pool.map(_digest_files, chunks) for d in chunk]
     inp.digests = {str(p): d for p, d in zip(paths, digests)}

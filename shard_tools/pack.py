@@ -304,7 +304,6 @@ def pack(data_dir: str | Path, out: str | Path, opts: PackOptions = PackOptions(
     try:
         out.mkdir(parents=True, exist_ok=True)
         with pack_lock(out):
-            check_out(out)  # again under the lock: another pack may have just made it a set, or somebody else's
             return _pack_locked(data_dir, out, opts, workers, progress, t0, inp, fingerprint, cat, jobs)
     except OSError as exc:
         raise _write_failure(exc, out) from None

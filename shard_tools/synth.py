@@ -310,12 +310,14 @@ def _read_marker(out: Path) -> dict | None:
     try:
         if not out.exists() or (not marker.exists() and not any(out.iterdir())):
             return None
-        if not marker.exists():
-            raise SynthError(f"{out}: not empty and holds no {MARKER}, so synth did not write it; synth only "
-                             f"replaces its own output: pick an empty or new --out")
-        prev = json.loads(marker.read_text())
+        text = marker.read_bytes() if marker.exists() else None
     except OSError as exc:
         raise SynthError(f"{out}: cannot read it ({exc.strerror}); fix its permissions or pick another --out") from None
+    if text is None:
+        raise SynthError(f"{out}: not empty and holds no {MARKER}, so synth did not write it; synth only "
+                         f"replaces its own output: pick an empty or new --out")
+    try:
+        prev = json.loads(text)
     except ValueError:  # undecodable or not JSON
         prev = None
     if not (isinstance(prev, dict) and prev.get("generator") == GENERATOR
