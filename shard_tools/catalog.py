@@ -1,8 +1,13 @@
 """Reading and validating the Kaggle GZ2 layout: the label CSV, the two image folders, each JPEG.
 
-Every row or file that cannot be used becomes a `Rejection` with a reason; nothing is dropped silently.
-Problems that make the whole input untrustworthy (a wrong CSV header, duplicated GalaxyIDs) raise
-`CatalogError` instead, naming the file and the offending ids.
+Every row or file that cannot be used becomes a `Rejection` with a reason (a CSV row with `file:line`);
+nothing is dropped silently. Problems that make the whole input untrustworthy (a missing folder or CSV,
+a wrong CSV header, duplicated GalaxyIDs) raise `CatalogError` instead, naming the file and the ids.
+
+GalaxyIDs are numbers: `0104816` and `104816` are one galaxy, in the CSV and in image names alike. Two
+rows of one id stop the run; two image files of one id (in either folder) are both rejected, each naming
+the other, so an id is never two samples. A JPEG with an EXIF orientation other than 1 is rejected: DALI
+would rotate it and PIL would not (GZ2 cut-outs carry none).
 """
 from __future__ import annotations
 
@@ -164,8 +169,8 @@ def _split_csv(csv_path: Path, data: bytes) -> tuple[list[str], list[tuple[int, 
         if not line.strip():
             continue
         cells = _cells(line)
-        if any("\udc80" <= ch <= "\udcff" for ch in line):
-            bad = readable(next(ch for ch in line if "\udc80" <= ch <= "\udcff"))
+        bad = _undecodable(line)
+        if bad:
             rows.append((n, cells, f"line is not UTF-8 text (byte {bad}); save the CSV as UTF-8"))
         elif cells is None:
             rows.append((n, None, "line is not valid CSV"))
@@ -174,6 +179,15 @@ def _split_csv(csv_path: Path, data: bytes) -> tuple[list[str], list[tuple[int, 
         else:
             rows.append((n, cells, ""))
     return [c.strip() for c in header], rows
+
+
+def _undecodable(line: str) -> str | None:
+    """The first byte of `line` that was not UTF-8 (decoded to a surrogate), shown as \\xNN; else None."""
+    try:
+        line.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        return readable(line[exc.start])
 
 
 def _cells(line: str) -> list[str] | None:
@@ -248,10 +262,10 @@ def read_catalog(data: str | Path | InputFiles, tol: float = 1e-4) -> Catalog:
 
     # Labels of the well-formed rows at once: 61,578 × 37 cells.
     full = [(n, cells) for n, cells, problem in rows if not problem]
-    cells = np.array([c[1:] for _, c in full], dtype=object).reshape(len(full), len(COLUMNS))
-    text = pd.DataFrame(cells, columns=COLUMNS).apply(lambda col: col.str.strip())
-    labels64 = text.apply(lambda col: pd.to_numeric(col, errors="coerce")).to_numpy(np.float64)
-    non_numeric = np.isnan(labels64) & (text.apply(lambda col: col.str.lower()).to_numpy() != "nan")
+    shape = (len(full), len(COLUMNS))
+    text = pd.Series([cell for _, c in full for cell in c[1:]], dtype=object).str.strip()
+    labels64 = pd.to_numeric(text, errors="coerce").to_numpy(np.float64).reshape(shape)
+    non_numeric = np.isnan(labels64) & (text.str.lower() != "nan").to_numpy().reshape(shape)
 
     keep, keep_ids, keep_files = [], [], []
     claimed = set()  # ids whose training image a label row accounts for
