@@ -8,6 +8,7 @@ sizes, and synth replacing its own earlier output.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
@@ -34,7 +35,7 @@ from shard_tools.verify import verify
 
 from helpers import REPO, read_shard_samples
 
-pytestmark = pytest.mark.slow  # ~50 subprocesses: about 40 s on 2 cores
+pytestmark = pytest.mark.slow  # 56 subprocesses, 20 of them full packs (each imports torch via webdataset): ~65 s CPU
 
 ERROR_LINE = re.compile(r"^(python -m shard_tools )?(synth|pack|verify): error: ")
 PACK_FAST = ["--workers", "1", "--shard-size", "8"]
@@ -502,3 +503,20 @@ def test_image_changed_during_pack_stops_instead_of_packing_unfingerprinted_byte
         pack(data, out, PackOptions(shard_size=8), workers=1, progress=False)
     assert not (out / MANIFEST).exists()
     assert not [p for p in out.rglob("*") if is_temp_name(p.name)]
+
+
+def test_unreadable_image_folder_is_one_clear_error(base, tmp_path, monkeypatch):
+    """chmod cannot stage it for root (CI runs as root): make listing the folder fail as it would."""
+    from shard_tools.catalog import CatalogError
+
+    real = Path.iterdir
+
+    def denied(self):
+        if self.name == TRAIN_IMAGES:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(CatalogError, match=f"{TRAIN_IMAGES}: cannot list the image folder \\(Permission denied\\)"):
+        pack(base, tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
