@@ -1,14 +1,22 @@
 """Reading and validating the Kaggle GZ2 layout: the label CSV, the two image folders, each JPEG.
 
-Every row or file that cannot be used becomes a `Rejection` with a reason; nothing is dropped silently.
-Problems that make the whole input untrustworthy (a wrong CSV header, duplicated GalaxyIDs) raise
-`CatalogError` instead, naming the file and the offending ids.
+Every row or file that cannot be used becomes a `Rejection` with a reason (a CSV row with `file:line`);
+nothing is dropped silently. Problems that make the whole input untrustworthy (a missing folder or CSV,
+a wrong CSV header, duplicated GalaxyIDs) raise `CatalogError` instead, naming the file and the ids.
+
+GalaxyIDs are numbers: `0104816` and `104816` are one galaxy, in the CSV and in image names alike. Two
+rows of one id stop the run; two image files of one id (in either folder) are both rejected, each naming
+the other, so an id is never two samples. A JPEG with an EXIF orientation other than 1 is rejected: DALI
+would rotate it and PIL would not (GZ2 cut-outs carry none).
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +31,11 @@ LABELS_CSV = "training_solutions_rev1.csv"
 TRAIN_IMAGES = "images_training_rev1"
 TEST_IMAGES = "images_test_rev1"
 IMAGE_SIZE = (IMAGE_SIDE, IMAGE_SIDE)
-_ID_FILE = re.compile(r"^(\d+)\.jpg$")
+MAX_ID = 2**63 - 1  # ids travel as int64 (.i64)
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)        # str.isdigit() also takes '²' and Arabic-Indic digits
+_ID_FILE = re.compile(r"([0-9]+)\.jpg", re.ASCII)
+_ORIENTATION = 0x0112  # EXIF tag; GZ2 cut-outs carry none
+_HASH_CHUNK = 256  # image files per hashing task
 
 
 class CatalogError(ValueError):
@@ -43,85 +55,264 @@ class Catalog:
     train: pd.DataFrame            # GalaxyID (int64), file (str), the 37 labels (float32); ascending id
     test: pd.DataFrame             # GalaxyID, file; ascending id
     rejected: list[Rejection] = field(default_factory=list)
-    n_input: int = 0               # label rows + unlabelled training images + test images
+    n_input: int = 0               # label rows + training images no row accounts for + test images
 
 
-def _image_listing(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(folder.iterdir())} if folder.is_dir() else {}
+@dataclass
+class InputFiles:
+    """One read of the input: the CSV's bytes and the image folders' listings, so that the fingerprint and
+    the catalog describe the same files. `digests` (path -> "size:blake2b") is filled by `hash_images`."""
+    root: Path
+    csv_bytes: bytes
+    images: dict[str, dict[str, Path]]   # folder -> {file name: path}, names sorted
+    digests: dict[str, str] = field(default_factory=dict)
 
 
-def read_catalog(data_dir: str | Path, tol: float = 1e-4) -> Catalog:
-    """Reads the Kaggle layout under `data_dir`; validates the labels, not yet the JPEGs."""
+def parse_id(text: str) -> int | None:
+    """The GalaxyID written as `text` (surrounding blanks allowed), or None. Ids are numbers: `0104816` and
+    `104816` are the same galaxy, and the key written into a shard is always the canonical int."""
+    text = text.strip()
+    if not _DIGITS.fullmatch(text):
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_ID else None
+
+
+def _listing(folder: Path, required: bool) -> dict[str, Path]:
+    if not folder.exists():
+        if required:
+            raise CatalogError(f"{folder}: training image folder not found (expected the Kaggle layout: "
+                               f"{LABELS_CSV}, {TRAIN_IMAGES}/, {TEST_IMAGES}/)")
+        return {}
+    if not folder.is_dir():
+        raise CatalogError(f"{folder}: is not a folder; the Kaggle layout keeps the images in a folder of that name")
+    try:
+        return {p.name: p for p in sorted(folder.iterdir())}
+    except OSError as exc:
+        raise CatalogError(f"{folder}: cannot list the image folder ({exc.strerror}); check its permissions") from None
+
+
+def scan_input(data_dir: str | Path) -> InputFiles:
+    """Reads the label CSV and lists the image folders; raises CatalogError naming what is missing."""
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        what = "is not a folder" if data_dir.exists() else "not found"
+        raise CatalogError(f"{data_dir}: --data folder {what}; point --data at the folder holding {LABELS_CSV}, "
+                           f"{TRAIN_IMAGES}/ and {TEST_IMAGES}/")
     csv_path = data_dir / LABELS_CSV
     if not csv_path.is_file():
         raise CatalogError(f"{csv_path}: label file not found (expected the Kaggle layout: {LABELS_CSV}, "
                            f"{TRAIN_IMAGES}/, {TEST_IMAGES}/)")
-    train_files = _image_listing(data_dir / TRAIN_IMAGES)
-    test_files = _image_listing(data_dir / TEST_IMAGES)
-    if not (data_dir / TRAIN_IMAGES).is_dir():
-        raise CatalogError(f"{data_dir / TRAIN_IMAGES}: training image folder not found")
+    try:
+        csv_bytes = csv_path.read_bytes()
+    except OSError as exc:
+        raise CatalogError(f"{csv_path}: cannot read the label file ({exc.strerror}); check its permissions") from None
+    images = {TRAIN_IMAGES: _listing(data_dir / TRAIN_IMAGES, True), TEST_IMAGES: _listing(data_dir / TEST_IMAGES, False)}
+    return InputFiles(data_dir, csv_bytes, images)
 
-    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    header = list(raw.columns)
+
+def file_digest(data: bytes) -> str:
+    return f"{len(data)}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
+
+
+def _digest_files(paths: list[Path]) -> list[str]:
+    out = []
+    for path in paths:
+        try:
+            out.append(file_digest(path.read_bytes()))
+        except OSError as exc:  # rejected later with its reason; the fingerprint records that it failed
+            out.append(f"unreadable:{exc.errno}")
+    return out
+
+
+def hash_images(inp: InputFiles, threads: int | None = None) -> InputFiles:
+    """Fills `inp.digests`: every image's size and blake2b. Threads suffice: reads and hashing of large
+    buffers release the GIL."""
+    paths = [p for names in inp.images.values() for p in names.values()]
+    chunks = [paths[i:i + _HASH_CHUNK] for i in range(0, len(paths), _HASH_CHUNK)]
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        digests = [d for chunk in pool.map(_digest_files, chunks) for d in chunk]
+    inp.digests = {str(p): d for p, d in zip(paths, digests)}
+    return inp
+
+
+def input_fingerprint(inp: InputFiles, options: dict) -> str:
+    """sha256 over the label CSV's bytes, every image's name, size and blake2b of its bytes, and the pack
+    options: an image replaced by another of the same size changes it."""
+    if not inp.digests and any(inp.images.values()):
+        hash_images(inp)
+    h = hashlib.sha256(inp.csv_bytes)
+    for folder, names in inp.images.items():
+        for name, path in names.items():
+            h.update(f"{folder}/{name}:{inp.digests[str(path)]}\n".encode("utf-8", "surrogateescape"))
+    h.update(repr(sorted(options.items())).encode())
+    return h.hexdigest()
+
+
+def readable(text: str) -> str:
+    """`text` with undecodable bytes (kept as surrogates) shown as \\xNN, so it can be printed and written."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _split_csv(csv_path: Path, data: bytes) -> tuple[list[str], list[tuple[int, list[str] | None, str]]]:
+    """The header, and per non-blank data line (line number, cells or None, problem). One physical line is
+    one row (the Kaggle CSV has no quoted line breaks), so a broken line costs that row only and every
+    reason names its true line."""
+    text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    header = _cells(lines[0]) if lines and lines[0].strip() else None
+    if header is None:
+        raise CatalogError(f"{csv_path}: no header line; expected GalaxyID, Class1.1 ... Class11.6")
+    rows = []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cells = _cells(line)
+        bad = _undecodable(line)
+        if bad:
+            rows.append((n, cells, f"line is not UTF-8 text (byte {bad}); save the CSV as UTF-8"))
+        elif cells is None:
+            rows.append((n, None, "line is not valid CSV"))
+        elif len(cells) != len(CSV_HEADER):
+            rows.append((n, cells, f"{len(cells)} fields, expected {len(CSV_HEADER)} (GalaxyID and 37 labels)"))
+        else:
+            rows.append((n, cells, ""))
+    return [c.strip() for c in header], rows
+
+
+def _undecodable(line: str) -> str | None:
+    """The first byte of `line` that was not UTF-8 (decoded to a surrogate), shown as \\xNN; else None."""
+    try:
+        line.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        return readable(line[exc.start])
+
+
+def _cells(line: str) -> list[str] | None:
+    try:
+        return next(csv.reader([line]))
+    except (csv.Error, StopIteration):  # e.g. a field over csv's size limit
+        return None
+
+
+def _check_header(csv_path: Path, header: list[str]):
     if header != CSV_HEADER:
         missing = [c for c in CSV_HEADER if c not in header]
-        extra = [c for c in header if c not in CSV_HEADER]
+        extra = [readable(c) for c in header if c not in CSV_HEADER]
         detail = (f"missing {missing}" if missing else "") + (f" unexpected {extra}" if extra else "")
         raise CatalogError(f"{csv_path}: header is not the Kaggle one ({detail.strip() or 'columns out of order'}); "
                            f"expected GalaxyID, Class1.1 ... Class11.6")
-    line = np.arange(len(raw)) + 2  # 1-based, after the header
-    ids = raw["GalaxyID"].str.strip()
-    dup = ids[ids.duplicated(keep=False)]
-    if len(dup):
-        first = dup.unique()[:5]
-        where = "; ".join(f"{g} on lines {', '.join(map(str, line[ids.to_numpy() == g]))}" for g in first)
-        raise CatalogError(f"{csv_path}: {dup.nunique()} duplicated GalaxyID(s): {where}")
 
-    values = raw[COLUMNS].apply(lambda col: pd.to_numeric(col.str.strip(), errors="coerce"))
-    labels64 = values.to_numpy(np.float64)
+
+def _check_unique_rows(csv_path: Path, rows) -> None:
+    """Two rows for one GalaxyID (as numbers: `0104816` is `104816`) make every label of it doubtful: stop."""
+    lines_of: dict[int, list[tuple[int, str]]] = {}
+    for n, cells, _ in rows:
+        gid = parse_id(cells[0]) if cells else None
+        if gid is not None:
+            lines_of.setdefault(gid, []).append((n, cells[0].strip()))
+    dup = {g: v for g, v in lines_of.items() if len(v) > 1}
+    if not dup:
+        return
+    parts = []
+    for g, where in list(dup.items())[:5]:
+        written = sorted({w for _, w in where})
+        spelled = f" (written {', '.join(written)})" if written != [str(g)] else ""
+        parts.append(f"{g}{spelled} on lines {', '.join(str(n) for n, _ in where)}")
+    raise CatalogError(f"{csv_path}: {len(dup)} duplicated GalaxyID(s): {'; '.join(parts)}; keep one row per galaxy")
+
+
+def _image_ids(inp: InputFiles, rejected: list[Rejection]) -> tuple[dict[int, tuple[str, Path]], dict[int, list[str]]]:
+    """Images by GalaxyID: {id: (folder, path)} for ids with exactly one image file in either folder, and
+    {id: [files]} for ids with several (`0104816.jpg` and `104816.jpg`, or one id in both folders): those
+    files are all rejected, each naming the others, so no id ever becomes two samples."""
+    by_id: dict[int, list[tuple[str, str, Path]]] = {}
+    for folder, names in inp.images.items():
+        split = "train" if folder == TRAIN_IMAGES else "test"
+        for name, path in names.items():
+            m = _ID_FILE.fullmatch(name)
+            gid = parse_id(m.group(1)) if m else None
+            if gid is None:
+                rejected.append(Rejection(readable(name), readable(f"{folder}/{name}"), split,
+                                          "file name is not <GalaxyID>.jpg (a positive integer id)"))
+            else:
+                by_id.setdefault(gid, []).append((folder, name, path))
+    single = {g: (v[0][0], v[0][2]) for g, v in by_id.items() if len(v) == 1}
+    several = {g: [f"{folder}/{name}" for folder, name, _ in v] for g, v in by_id.items() if len(v) > 1}
+    for g, files in several.items():
+        for f in files:
+            others = ", ".join(o for o in files if o != f)
+            rejected.append(Rejection(readable(Path(f).stem), readable(f), "train" if f.startswith(TRAIN_IMAGES) else "test",
+                                      f"same GalaxyID {g} as {readable(others)}; remove or rename all but one"))
+    return single, several
+
+
+def read_catalog(data: str | Path | InputFiles, tol: float = 1e-4) -> Catalog:
+    """Reads the Kaggle layout (a folder, or what `scan_input` read of it); validates the labels, not yet the
+    JPEGs. A bad row or file is rejected with its reason; a bad header or duplicated ids stop."""
+    inp = data if isinstance(data, InputFiles) else scan_input(data)
+    csv_path = inp.root / LABELS_CSV
+    header, rows = _split_csv(csv_path, inp.csv_bytes)
+    _check_header(csv_path, header)
+    _check_unique_rows(csv_path, rows)
     rejected: list[Rejection] = []
-    keep = []
-    for i, gid in enumerate(ids):
-        where = f"{csv_path.name}:{line[i]}"
-        if not gid.isdigit():
-            rejected.append(Rejection(gid, where, "train", f"GalaxyID {gid!r} is not a positive integer"))
-            continue
-        bad_text = [c for c in COLUMNS if np.isnan(values.at[i, c]) and raw.at[i, c].strip().lower() != "nan"]
-        problem = (f"missing or non-numeric label in {', '.join(bad_text)}" if bad_text
-                   else label_problem(labels64[i], tol))
+    images, several = _image_ids(inp, rejected)
+
+    # Labels of the well-formed rows at once: 61,578 × 37 cells.
+    full = [(n, cells) for n, cells, problem in rows if not problem]
+    shape = (len(full), len(COLUMNS))
+    text = pd.Series([cell for _, c in full for cell in c[1:]], dtype=object).str.strip()
+    labels64 = pd.to_numeric(text, errors="coerce").to_numpy(np.float64).reshape(shape)
+    non_numeric = np.isnan(labels64) & (text.str.lower() != "nan").to_numpy().reshape(shape)
+
+    keep, keep_ids, keep_files = [], [], []
+    claimed = set()  # ids whose training image a label row accounts for
+    full_index = {n: k for k, (n, _) in enumerate(full)}
+    for n, row, problem in rows:
+        written = readable(row[0].strip()) if row else ""
+        where = f"{LABELS_CSV}:{n}"
+        gid = parse_id(row[0]) if row else None
+        if gid is not None and gid in images and images[gid][0] == TRAIN_IMAGES:
+            claimed.add(gid)
         if problem:
-            rejected.append(Rejection(gid, where, "train", problem))
+            rejected.append(Rejection(written, where, "train", problem))
             continue
-        name = f"{int(gid)}.jpg"
-        if name not in train_files:
-            rejected.append(Rejection(gid, f"{TRAIN_IMAGES}/{name}", "train", "image file missing for this label row"))
+        k = full_index[n]
+        if gid is None:
+            reason = (f"GalaxyID {written!r} is not a positive integer" if not _DIGITS.fullmatch(row[0].strip())
+                      or int(row[0]) == 0 else f"GalaxyID {written} does not fit in int64")
+            rejected.append(Rejection(written, where, "train", reason))
             continue
-        keep.append(i)
-    labelled = {f"{int(g)}.jpg" for g in ids if g.isdigit()}
-    for name in train_files:
-        m = _ID_FILE.match(name)
-        if not m:
-            rejected.append(Rejection(name, f"{TRAIN_IMAGES}/{name}", "train", "file name is not <GalaxyID>.jpg"))
-        elif name not in labelled:
-            rejected.append(Rejection(m.group(1), f"{TRAIN_IMAGES}/{name}", "train",
+        bad_text = [c for c, bad in zip(COLUMNS, non_numeric[k]) if bad]
+        problem = (f"missing or non-numeric label in {', '.join(bad_text)}" if bad_text
+                   else label_problem(labels64[k], tol))
+        if problem:
+            rejected.append(Rejection(written, where, "train", problem))
+        elif gid in several:
+            rejected.append(Rejection(written, where, "train", f"GalaxyID {gid} has {len(several[gid])} image files "
+                                      f"({readable(', '.join(several[gid]))}); keep one"))
+        elif gid not in images or images[gid][0] != TRAIN_IMAGES:
+            rejected.append(Rejection(written, f"{TRAIN_IMAGES}/{gid}.jpg", "train",
+                                      "image file missing for this label row"))
+        else:
+            keep.append(k)
+            keep_ids.append(gid)
+            keep_files.append(str(images[gid][1]))
+    for gid, (folder, path) in images.items():
+        if folder == TRAIN_IMAGES and gid not in claimed:
+            rejected.append(Rejection(readable(path.stem), readable(f"{TRAIN_IMAGES}/{path.name}"), "train",
                                       "image has no label row; not packed"))
-    train = pd.DataFrame({"GalaxyID": ids.iloc[keep].astype(np.int64).to_numpy(),
-                          "file": [str(train_files[f"{int(ids.iloc[i])}.jpg"]) for i in keep]})
+    train = pd.DataFrame({"GalaxyID": np.array(keep_ids, dtype=np.int64), "file": keep_files})
     train = pd.concat([train, pd.DataFrame(labels64[keep].astype(np.float32), columns=COLUMNS)], axis=1)
     train = train.sort_values("GalaxyID", kind="stable").reset_index(drop=True)
 
-    test_rows = []
-    for name, path in test_files.items():
-        m = _ID_FILE.match(name)
-        if m:
-            test_rows.append((int(m.group(1)), str(path)))
-        else:
-            rejected.append(Rejection(name, f"{TEST_IMAGES}/{name}", "test", "file name is not <GalaxyID>.jpg"))
-    test = pd.DataFrame(test_rows, columns=["GalaxyID", "file"]).sort_values("GalaxyID").reset_index(drop=True)
+    test_rows = sorted((gid, str(path)) for gid, (folder, path) in images.items() if folder == TEST_IMAGES)
+    test = pd.DataFrame(test_rows, columns=["GalaxyID", "file"])
     test["GalaxyID"] = test["GalaxyID"].astype(np.int64)
-    unlabelled = len(set(train_files) - labelled)
-    return Catalog(train, test, rejected, n_input=len(raw) + unlabelled + len(test_files))
+    n_train_files = len(inp.images[TRAIN_IMAGES])
+    return Catalog(train, test, rejected, n_input=len(rows) + n_train_files - len(claimed) + len(inp.images[TEST_IMAGES]))
 
 
 def jpeg_problem(data: bytes) -> str | None:
@@ -136,6 +327,10 @@ def jpeg_problem(data: bytes) -> str | None:
                 return f"not a JPEG ({im.format})"
             if im.size != IMAGE_SIZE:
                 return f"image is {im.size[0]}x{im.size[1]}, expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
+            orientation = im.getexif().get(_ORIENTATION)
+            if orientation not in (None, 1):
+                return (f"EXIF Orientation tag is {orientation}, not 1: DALI would rotate this image and PIL would "
+                        f"not; rotate its pixels and drop the tag (e.g. `exiftran -ai`), then re-pack")
             if im.mode not in ("RGB", "L"):
                 return (f"JPEG colour mode {im.mode} is not supported (only RGB and grayscale decode the same "
                         f"everywhere); convert it to RGB")
@@ -145,15 +340,3 @@ def jpeg_problem(data: bytes) -> str | None:
     if b"\xff\xd9" not in data[-64:]:
         return "truncated JPEG (no end-of-image marker)"
     return None
-
-
-def input_fingerprint(data_dir: str | Path, options: dict) -> str:
-    """sha256 over the label CSV's bytes, the image files' names and sizes, and the pack options."""
-    data_dir = Path(data_dir)
-    h = hashlib.sha256()
-    h.update((data_dir / LABELS_CSV).read_bytes())
-    for folder in (TRAIN_IMAGES, TEST_IMAGES):
-        for name, path in _image_listing(data_dir / folder).items():
-            h.update(f"{folder}/{name}:{path.stat().st_size}\n".encode())
-    h.update(repr(sorted(options.items())).encode())
-    return h.hexdigest()

@@ -1,6 +1,6 @@
 """The layout of a packed set: the one reader (and namer) of what `pack` writes (DESIGN §3).
 
-    OUT/manifest.json, OUT/rejected.csv
+    OUT/manifest.json, OUT/rejected.csv, OUT/.pack.lock, OUT/.pack-state/ (while a pack is unfinished)
     OUT/train/<tier>/gz2-train-<tier>-NNNNNN.tar   OUT/val/gz2-val-NNNNNN.tar   OUT/test/gz2-test-NNNNNN.tar
     a DALI `.idx` next to every tar
 
@@ -18,11 +18,14 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = "manifest.json"
 REJECTED = "rejected.csv"
+LOCK = ".pack.lock"       # held (flock) by the one pack writing a set; its presence marks a folder as pack's
+STATE = ".pack-state"     # per-shard records of an unfinished pack, so a re-run resumes
 FORMAT = "gzfast-shards-v1"
 SPLITS = ("train", "val", "test")
 SAMPLE_PARTS = {"jpg": "original JPEG bytes", "f32": "37 labels, little-endian float32, Kaggle column order",
@@ -42,6 +45,20 @@ def shard_name(split: str, tier: str | None, number: int) -> str:
     if split == "train":
         return f"train/{tier}/gz2-train-{tier}-{number:06d}.tar"
     return f"{split}/gz2-{split}-{number:06d}.tar"
+
+
+_SHARD_FILE = re.compile(r"(train/(high|medium|low)/gz2-train-\2|(val|test)/gz2-\3)-[0-9]{6,}\.(tar|idx)", re.ASCII)
+
+
+def is_pack_name(relpath: str) -> bool:
+    """Whether `relpath` (posix, relative to a set's root) is a name `pack` writes: a shard, an index, the
+    manifest, rejected.csv, the lock, the resume state, or the temp name of any of these. `pack` deletes
+    nothing else, so a user's notes or `test/submission.csv` inside a packed set survive a re-pack."""
+    folder, _, name = relpath.rpartition("/")
+    if name.startswith(".") and TMP_MARK in name:  # `.<name>.tmp<pid>` beside <name> (atomic_path)
+        return is_pack_name(f"{folder}/{name[1:].rpartition(TMP_MARK)[0]}".lstrip("/"))
+    return (relpath in (MANIFEST, REJECTED, LOCK) or relpath.split("/", 1)[0] == STATE
+            or _SHARD_FILE.fullmatch(relpath) is not None)
 
 
 def index_path(tar_path: str | os.PathLike) -> str:
@@ -152,6 +169,8 @@ class PackedSet:
                                  int(s["bytes"]), s["sha256"], s["path"]) for s in manifest["shards"]]
             self.thresholds = {"high": float(manifest["thresholds"]["high"]),
                                "low": float(manifest["thresholds"]["low"])}
+            if not isinstance(manifest.get("counts", {}), dict):
+                raise TypeError("counts is not an object")
         except (KeyError, TypeError, ValueError) as exc:
             raise LayoutError(f"{self.manifest_path}: manifest lacks or garbles a field ({exc!r})") from None
 
@@ -252,9 +271,12 @@ def atomic_path(path: str | os.PathLike):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            # A failed write() (disk full, quota) names no file: name the one being written.
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     _fsync_dir(path.parent)
 

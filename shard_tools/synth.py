@@ -15,6 +15,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,10 +24,13 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .layout import IMAGE_SIDE, write_atomic
+from .catalog import LABELS_CSV, TEST_IMAGES, TRAIN_IMAGES
+from .layout import IMAGE_SIDE, is_temp_name, write_atomic
 from .schema import COLUMNS, CSV_HEADER
 
 SIZE = IMAGE_SIDE
+MARKER = "synth.json"   # marks a folder as synth's and says which files in it are synth's own
+GENERATOR = "gzfast-synth-v1"
 _NOISE_BANK = 768  # side of the per-process pre-drawn sky-noise field; images take random windows of it
 _STRETCH_Q = 30.0  # asinh softening, in flux units
 _STRETCH_MAX = 2048
@@ -287,26 +291,89 @@ def _make_one(job):
     return galaxy_id, labels
 
 
+class SynthError(ValueError):
+    """An anticipated failure of synth (bad numbers, an --out that is not synth's): one line for the user."""
+
+
+def synth_ids(n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kaggle-like ids: distinct 6-digit numbers, train and test disjoint, ascending; fixed by the parameters."""
+    ids = np.random.default_rng([seed, 1]).choice(np.arange(100_000, 1_000_000), n_train + n_test, replace=False)
+    return np.sort(ids[:n_train]), np.sort(ids[n_train:])
+
+
+def _read_marker(out: Path) -> dict | None:
+    """The parameters of the set synth wrote in `out` (None: an empty or new folder). Refuses a folder that
+    is not synth's: synth replaces only its own output, never somebody else's files."""
+    if out.exists() and not out.is_dir():
+        raise SynthError(f"{out}: --out is a file, not a folder; pick a folder for the synthetic set")
+    marker = out / MARKER
+    try:
+        if not out.exists() or (not marker.exists() and not any(out.iterdir())):
+            return None
+        text = marker.read_bytes() if marker.exists() else None
+    except OSError as exc:
+        raise SynthError(f"{out}: cannot read it ({exc.strerror}); fix its permissions or pick another --out") from None
+    if text is None:
+        raise SynthError(f"{out}: not empty and holds no {MARKER}, so synth did not write it; synth only "
+                         f"replaces its own output: pick an empty or new --out")
+    try:
+        prev = json.loads(text)
+    except ValueError:  # undecodable or not JSON
+        prev = None
+    if not (isinstance(prev, dict) and prev.get("generator") == GENERATOR
+            and all(isinstance(prev.get(k), int) and prev[k] >= 0 for k in ("n_train", "n_test", "seed"))):
+        raise SynthError(f"{marker}: not a marker this synth wrote ({GENERATOR}), so it cannot tell its own files "
+                         f"from others there; pick an empty or new --out")
+    return prev
+
+
+def _remove_previous(out: Path, prev: dict):
+    """Deletes the files the previous marker accounts for: its images, its CSV, temp names; the marker last,
+    so a crash halfway leaves a folder the next run still recognises."""
+    train_ids, test_ids = synth_ids(prev["n_train"], prev["n_test"], prev["seed"])
+    paths = [out / TRAIN_IMAGES / f"{i}.jpg" for i in train_ids] + [out / TEST_IMAGES / f"{i}.jpg" for i in test_ids]
+    paths.append(out / LABELS_CSV)
+    paths += [p for p in out.iterdir() if is_temp_name(p.name) and p.name.lstrip(".").startswith((LABELS_CSV, MARKER))]
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _foreign_images(out: Path, train_ids, test_ids) -> list[str]:
+    """Files in synth's image folders it did not write (kept; pack will see them)."""
+    ours = {f"{TRAIN_IMAGES}/{i}.jpg" for i in train_ids} | {f"{TEST_IMAGES}/{i}.jpg" for i in test_ids}
+    return sorted(f"{d}/{p.name}" for d in (TRAIN_IMAGES, TEST_IMAGES) if (out / d).is_dir()
+                  for p in (out / d).iterdir() if f"{d}/{p.name}" not in ours)
+
+
 def synthesize(out: str | os.PathLike, n_train: int, n_test: int, seed: int = 0,
                workers: int | None = None, progress: bool = True) -> dict:
-    """Writes the Kaggle layout under `out`; does nothing if the same set is already complete there."""
+    """Writes the Kaggle layout under `out`; does nothing if the same set is already complete there.
+
+    `out/synth.json` marks the folder as synth's and says which files are its own: a re-run with other
+    parameters removes exactly those (so no images of an earlier, larger set are left to be packed) and
+    refuses a non-empty folder without the marker."""
     out = Path(out)
-    params = {"n_train": n_train, "n_test": n_test, "seed": seed, "generator": "gzfast-synth-v1"}
-    marker = out / "synth.json"
-    if marker.exists() and json.loads(marker.read_text()) == params:
-        print(f"synth: {out} already holds this set ({n_train} train + {n_test} test, seed {seed}); nothing to do")
-        return params
-    if n_train < 1 or n_test < 0:
-        raise ValueError("synth needs --n-train >= 1 and --n-test >= 0")
-    marker.unlink(missing_ok=True)
-    train_dir, test_dir = out / "images_training_rev1", out / "images_test_rev1"
-    train_dir.mkdir(parents=True, exist_ok=True)
-    test_dir.mkdir(parents=True, exist_ok=True)
-    # Kaggle-like ids: distinct 6-digit numbers, train and test disjoint.
-    ids = np.random.default_rng([seed, 1]).choice(np.arange(100_000, 1_000_000), n_train + n_test, replace=False)
-    train_ids, test_ids = np.sort(ids[:n_train]), np.sort(ids[n_train:])
+    if n_train < 1 or n_test < 0 or seed < 0:
+        raise SynthError(f"synth needs --n-train >= 1, --n-test >= 0 and --seed >= 0 (got {n_train}, {n_test}, {seed})")
+    if workers is not None and workers < 1:
+        raise SynthError(f"--workers must be >= 1, got {workers}")
+    params = {"n_train": n_train, "n_test": n_test, "seed": seed, "generator": GENERATOR}
+    prev = _read_marker(out)
+    train_ids, test_ids = synth_ids(n_train, n_test, seed)
+    train_dir, test_dir = out / TRAIN_IMAGES, out / TEST_IMAGES
     jobs = [(int(i), seed, str(train_dir / f"{i}.jpg")) for i in train_ids]
     jobs += [(int(i), seed, str(test_dir / f"{i}.jpg")) for i in test_ids]
+    # A marker without "complete" is one an earlier synth wrote when done.
+    if prev is not None and prev.get("complete", True) and {k: prev[k] for k in params} == params \
+            and all(os.path.exists(j[2]) for j in jobs) and (out / LABELS_CSV).exists():
+        print(f"synth: {out} already holds this set ({n_train} train + {n_test} test, seed {seed}); nothing to do")
+        return params
+    if prev is not None:
+        _remove_previous(out, prev)
+    # From here the marker accounts for the new files: an interrupted run is still recognised, and redone.
+    write_atomic(out / MARKER, json.dumps({**params, "complete": False}))
+    train_dir.mkdir(parents=True, exist_ok=True)
+    test_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
     labels = {}
@@ -318,7 +385,11 @@ def synthesize(out: str | os.PathLike, n_train: int, n_test: int, seed: int = 0,
     table = pd.DataFrame([labels[int(i)] for i in train_ids], columns=COLUMNS)
     table.insert(0, "GalaxyID", train_ids)
     assert list(table.columns) == CSV_HEADER
-    write_atomic(out / "training_solutions_rev1.csv", table.to_csv(index=False, float_format="%.6f"))
-    write_atomic(marker, json.dumps(params))
+    write_atomic(out / LABELS_CSV, table.to_csv(index=False, float_format="%.6f"))
+    write_atomic(out / MARKER, json.dumps({**params, "complete": True}))
     print(f"synth: wrote {n_train} train + {n_test} test images to {out} ({rate:.0f} img/s, {workers} workers)")
+    foreign = _foreign_images(out, train_ids, test_ids)
+    if foreign:
+        print(f"synth: note: {len(foreign)} file(s) in {out} that synth did not write were kept (e.g. {foreign[0]}); "
+              f"pack will see them", file=sys.stderr)
     return params

@@ -29,7 +29,10 @@ def check_shard(args) -> tuple[list[str], list[int]]:
     path = Path(shard.path)
     if not path.exists():
         return [f"{name}: shard file missing"], ids
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [f"{name}: cannot read the shard ({exc.strerror})"], ids
     if len(data) != shard.bytes:
         problems.append(f"{name}: size {len(data)} bytes, manifest says {shard.bytes}")
     if hashlib.sha256(data).hexdigest() != shard.sha256:
