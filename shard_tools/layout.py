@@ -288,9 +288,3 @@ def write_atomic(path: str | os.PathLike, data: bytes | str):
 
 def is_temp_name(name: str) -> bool:
     return TMP_MARK in name
-
-
-
-def load_manifest(root: str | os.PathLike) -> dict:
-    """The manifest of the set at `root`, as a dict (PackedSet.open(root).manifest)."""
-    return PackedSet.open(root).manifest

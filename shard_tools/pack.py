@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from . import schema
@@ -397,7 +396,3 @@ def _write_rejected(path: Path, rows: list[dict]):
     writer.writeheader()
     writer.writerows({k: readable(str(v)) for k, v in row.items()} for row in rows)
     write_atomic(path, text.getvalue())
-
-
-def read_rejected(out: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(out) / REJECTED, dtype=str, keep_default_na=False)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from shard_tools import schema
+from shard_tools.layout import REJECTED, PackedSet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,3 +48,12 @@ def csv_labels(csv_path: Path) -> dict[int, np.ndarray]:
     """GalaxyID -> float32 labels, parsed the way a reader of the CSV would."""
     df = pd.read_csv(csv_path)
     return {int(g): row.astype(np.float32) for g, row in zip(df["GalaxyID"], df[schema.COLUMNS].to_numpy())}
+
+
+def load_manifest(root) -> dict:
+    return PackedSet.open(root).manifest
+
+
+def read_rejected(out) -> pd.DataFrame:
+    """OUT/rejected.csv as strings: galaxy_id, file, split, reason."""
+    return pd.read_csv(Path(out) / REJECTED, dtype=str, keep_default_na=False)

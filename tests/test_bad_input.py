@@ -10,12 +10,11 @@ import pytest
 from PIL import Image
 
 from shard_tools.catalog import CatalogError
-from shard_tools.layout import load_manifest
-from shard_tools.pack import PackOptions, pack, read_rejected
+from shard_tools.pack import PackOptions, pack
 from shard_tools.synth import synthesize
 from shard_tools.verify import verify
 
-from helpers import REPO, read_shard_samples
+from helpers import REPO, load_manifest, read_rejected, read_shard_samples
 
 
 def jpeg(mode="RGB", size=(424, 424), **kw) -> bytes:

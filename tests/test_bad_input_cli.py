@@ -28,12 +28,12 @@ import pytest
 from PIL import Image
 
 from shard_tools.catalog import LABELS_CSV, TEST_IMAGES, TRAIN_IMAGES
-from shard_tools.layout import LOCK, MANIFEST, REJECTED, is_pack_name, is_temp_name, load_manifest
+from shard_tools.layout import LOCK, MANIFEST, REJECTED, is_pack_name, is_temp_name
 from shard_tools.pack import PackOptions, pack
 from shard_tools.synth import MARKER, synthesize
 from shard_tools.verify import verify
 
-from helpers import REPO, read_shard_samples
+from helpers import REPO, load_manifest, read_shard_samples
 
 pytestmark = pytest.mark.slow  # 55 subprocesses, 20 of them full packs (each imports torch via webdataset): ~65 s CPU
 

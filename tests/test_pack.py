@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from shard_tools import schema
-from shard_tools.layout import MANIFEST, load_manifest
-from shard_tools.pack import PackOptions, is_val, pack, read_rejected
+from shard_tools.layout import MANIFEST
+from shard_tools.pack import PackOptions, is_val, pack
 from shard_tools.verify import verify
 
-from helpers import REPO, csv_labels, read_shard_samples
+from helpers import REPO, csv_labels, load_manifest, read_rejected, read_shard_samples
 
 
 def all_samples(out: Path) -> dict[str, dict]:
