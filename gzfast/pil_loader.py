@@ -99,7 +99,8 @@ class PILLoader:
             valid = None
             if s.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
                 valid, short = len(b["ids"]), s.batch_size - len(b["ids"])
-                b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()}
+                # tensors only: webdataset carries the sample's `__key__` through the map as a list of strings
+                b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items() if torch.is_tensor(v)}
             # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
             labels = b["labels"].to(s.device, non_blocking=True) if "labels" in b else None
             yield Batch(images=normalize_on_device(b["images"], s), labels=labels, ids=b["ids"], valid=valid)
