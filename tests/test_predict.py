@@ -34,10 +34,11 @@ def trained_run(synth_shards, tmp_path_factory) -> Path:
     return run
 
 
-def fake_run(folder: Path, head: str = "sigmoid", model: str = "convnext_atto", shards: str = "data/shards") -> Path:
+def fake_run(folder: Path, head: str = "sigmoid", model: str = "convnext_atto", shards: str = "data/shards",
+             **settings) -> Path:
     """A run folder as the trainer leaves it, with untrained weights: enough where the weights don't matter."""
-    cfg = TrainConfig(model=model, head=head, image_size=32, crop_size=128, batch_size=16, epochs=1, shards=shards,
-                      out=str(folder)).resolve(cuda=False)
+    settings = {"image_size": 32, "crop_size": 128, "batch_size": 16, **settings}
+    cfg = TrainConfig(model=model, head=head, epochs=1, shards=shards, out=str(folder), **settings).resolve(cuda=False)
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
     torch.manual_seed(0)
@@ -114,7 +115,7 @@ def test_tree_head_submission_obeys_the_decision_tree(real_shards, tmp_path):
     run = fake_run(tmp_path / "tree", head="tree")
     out = tmp_path / "tree.csv"
     assert predict_mod.main(["--run", str(run), "--shards", str(real_shards / "test"), "--out", str(out),
-                             "--tta", "1", "--workers", "1"]) == 0
+                             "--tta", "1", "--workers", "1", "--loader", "pil"]) == 0  # pil pads its last batch too
     _, ids, values = read_submission(out)
     assert len(ids) == 146 and schema.check_constraints(values, tol=2e-5).all()
 
@@ -212,3 +213,32 @@ def test_evaluate_needs_val_shards(tmp_path, real_shards, capsys):
     run = fake_run(tmp_path / "run", shards=str(real_shards))  # packed with val_fraction 0
     assert evaluate_mod.main(["--run", str(run)]) == 2
     one_line_error(capsys, "no val shards", "--val-fraction")
+
+
+# --- the GPU figures (pytest -m gpu, part of make gpu-check) -------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m gpu on a GPU machine)")
+def test_gpu_inference_speed(real_shards, tmp_path):
+    """The study's model (convnext_small, 224 px, batch 512), compiled bf16 fed by dali-gpu: single view
+    >= 8,000 galaxies/s and 8-view TTA >= 1,000 galaxies/s on an H100/H200 (printed on any GPU)."""
+    from gzfast.data import make_loader
+    from gzfast.inference import Predictor, load_run
+
+    run = fake_run(tmp_path / "small", model="convnext_small", image_size=224, crop_size=212, batch_size=512)
+    paths = PackedSet.open(real_shards).paths("test") * 48  # 146 real JPEGs read 48 times: 7,008 galaxies a pass
+    loaded = load_run(run, "best")
+    name = torch.cuda.get_device_name()
+    rates = {}
+    for views in (1, 8):
+        predictor = Predictor(loaded, views)
+        assert predictor.precision == "bf16" and predictor.compiled
+        loader = make_loader("dali-gpu", paths, train=False, batch_size=512, image_size=224, crop_size=212,
+                             dtype=predictor.image_dtype, pad_last_batch=True)
+        predictor.run(loader)                  # warm-up: compilation, the pipeline's start
+        result = predictor.run(loader)
+        assert len(result.ids) == 146 * 48 and np.isfinite(result.preds).all()
+        rates[views] = len(result.ids) / result.seconds
+    print(f"\n{name}: predict {rates[1]:,.0f} galaxies/s single view, {rates[8]:,.0f} galaxies/s with 8-view TTA")
+    if "H100" in name or "H200" in name:
+        assert rates[1] >= 8000 and rates[8] >= 1000, rates
