@@ -3,6 +3,7 @@ augmentation, the per-question/per-tier report, and the errors a user can run in
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from gzfast.train import main as train_main
 from gzfast.tta import predict_views, view_params
 from shard_tools import schema
 from shard_tools.layout import PackedSet
+
+from helpers import REPO
 
 TINY = ["--model", "convnext_atto", "--image-size", "32", "--crop-size", "128", "--batch-size", "16",
         "--workers", "1", "--loader", "dali-cpu", "--log-every", "2", "--lr-backbone", "1e-3", "--lr-head", "1e-3"]
@@ -243,3 +246,15 @@ def test_gpu_inference_speed(real_shards, tmp_path, capsys):
         print(f"\n{name}: predict {rates[1]:,.0f} galaxies/s single view, {rates[8]:,.0f} galaxies/s with 8-view TTA")
     if "H100" in name or "H200" in name:
         assert rates[1] >= 8000 and rates[8] >= 1000, rates
+
+
+def test_readme_commands_parse():
+    """The README's prediction commands are the ones the parsers accept (the bracketed options dropped)."""
+    text = (REPO / "README.md").read_text().split("## Prediction and evaluation", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in text.splitlines() if line.startswith("    python -m gzfast.")]
+    assert len(commands) == 3
+    for command in commands:
+        words = re.sub(r"\[[^\]]*\]", "", command).split()
+        module = {"gzfast.predict": predict_mod, "gzfast.evaluate": evaluate_mod}[words[2]]
+        args = module.build_parser().parse_args(words[3:])
+        assert args.run == "RUN" and args.tta == 8 and args.checkpoint == "best"
