@@ -33,6 +33,9 @@ def test_shards(path: str | Path) -> list[str]:
     """The test shards of `--shards`: OUT/test (or OUT, the packed set's root) or a folder of test tars."""
     path = Path(path)
     if not path.is_dir():
+        if path.name == "test" and (path.parent / "manifest.json").is_file():  # pack writes no test/ without test images
+            raise InferenceError(f"--shards {path}: no test shards in {path.parent}, it was packed without test images "
+                                 f"(images_test_rev1/); pack them, or predict a folder of JPEGs with --images DIR")
         raise InferenceError(f"--shards {path}: no such folder; pass OUT/test of a packed set (make shards)")
     root = path if (path / "manifest.json").is_file() else path.parent if (path.parent / "manifest.json").is_file() else None
     if root is not None:

@@ -175,6 +175,10 @@ def test_predict_errors_are_one_clear_line(tmp_path, synth_shards, real_shards, 
     # shard folders without test shards
     assert predict_mod.main(["--run", str(run), "--shards", str(synth_shards / "val"), "--out", out]) == 2
     one_line_error(capsys, "no test shards", str(synth_shards / "test"))
+    (tmp_path / "set").mkdir()  # a packed set without test images has no test/ folder at all
+    shutil.copy(real_shards / "manifest.json", tmp_path / "set" / "manifest.json")
+    assert predict_mod.main(["--run", str(run), "--shards", str(tmp_path / "set" / "test"), "--out", out]) == 2
+    one_line_error(capsys, "no test shards", "packed without test images", "--images")
     (tmp_path / "empty").mkdir()
     assert predict_mod.main(["--run", str(run), "--shards", str(tmp_path / "empty"), "--out", out]) == 2
     one_line_error(capsys, "no test shards")
