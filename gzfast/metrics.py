@@ -1,4 +1,5 @@
-"""Kaggle RMSE, per question and per tier."""
+"""Kaggle RMSE, per question, per answer and per tier: the one RMSE that training, evaluation and the
+tests use (sqrt of the mean over galaxies x 37 answers of the squared error)."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,6 +20,19 @@ def rmse(pred, target) -> float:
 
 def per_question_rmse(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return {f"Q{q.number}": rmse(pred[:, list(q.columns)], target[:, list(q.columns)]) for q in schema.QUESTIONS}
+
+
+def per_answer_rmse(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    return {name: rmse(pred[:, i], target[:, i]) for i, name in enumerate(schema.COLUMNS)}
+
+
+def pooled_rmse(parts) -> float:
+    """The RMSE of a whole from the RMSEs of disjoint parts and their sizes (number of squared errors):
+    sqrt(sum n_i rmse_i^2 / sum n_i). Per-tier (n_i = rows x 37) and per-question (n_i = rows x answers)
+    figures recombine to the overall one this way."""
+    parts = [(float(r), float(n)) for r, n in parts if n]
+    total = sum(n for _, n in parts)
+    return float(np.sqrt(sum(n * r * r for r, n in parts) / total)) if total else float("nan")
 
 
 def per_tier_rmse(pred: np.ndarray, target: np.ndarray, high: float, low: float) -> dict[str, float]:

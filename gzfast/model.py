@@ -1,7 +1,7 @@
 """The model: a timm ConvNeXt with a 37-output head, stage freezing, parameter groups, local weights.
 
-Output heads (DESIGN §2): `sigmoid` squashes each of the 37 outputs independently; `tree` is the
-constrained head of Dieleman (2014): per question clamp at 0 and divide by the sum, then multiply by the
+Output heads (DESIGN §2): `sigmoid` squashes each of the 37 outputs independently; `tree` is a
+constrained head after Dieleman (2014): per question a distribution over its answers, multiplied by the
 parent answer's value, so the predictions obey the GZ2 decision tree by construction.
 """
 from __future__ import annotations
@@ -18,16 +18,19 @@ from .config import HEADS
 
 
 class TreeHead(nn.Module):
-    """Maps 37 raw outputs to vote fractions that obey the decision tree."""
+    """Maps 37 raw outputs to vote fractions that obey the decision tree: a softmax over each question's
+    answers, times the parent answer's value.
+
+    Why a softmax and not Dieleman's clamp-at-0-and-normalise: with a freshly initialised classifier about
+    half of the raw outputs start below 0, where the clamp passes no gradient, so those answers stay dead
+    (predicted ~0 for every galaxy) and the head trains poorly. The softmax has a gradient everywhere,
+    starts at the uniform split, and still sums exactly to the parent value."""
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        # clamp at 0; the tiny floor spreads a question whose answers are all clamped evenly instead of
-        # zeroing it, so its answers still sum to the parent value
-        raw = raw.float().clamp_min(0) + 1e-6
+        raw = raw.float()
         columns: list[torch.Tensor | None] = [None] * raw.shape[1]  # out of place: autograd needs parents intact
         for q in QUESTIONS:  # parents come first (asserted in the schema)
-            part = raw[:, list(q.columns)]
-            part = part / (part.sum(dim=1, keepdim=True) + 1e-12)
+            part = torch.softmax(raw[:, list(q.columns)], dim=1)
             if q.parent is not None:
                 part = part * columns[q.parent]
             for k, c in enumerate(q.columns):

@@ -94,6 +94,20 @@ def test_eval_reads_every_sample_exactly_once_on_one_and_two_ranks(name, synth_s
 
 
 @pytest.mark.parametrize("name", CPU_LOADERS)
+def test_padded_eval_batches_have_one_shape_and_every_sample_once(name, synth_shards):
+    m = manifest_of(synth_shards)
+    loader = make_loader(name, m.paths("val"), train=False, batch_size=16, image_size=32, crop_size=128, workers=1,
+                         pad_last_batch=True)
+    real_ids, shapes = [], set()
+    for b in loader:
+        shapes.add((tuple(b.images.shape), tuple(b.labels.shape), tuple(b.ids.shape)))
+        real_ids += b.ids[:len(b)].tolist()
+        assert torch.equal(b.ids[len(b):], b.ids[len(b) - 1].expand(len(b.ids) - len(b)))  # padding repeats the last row
+    assert shapes == {((16, 3, 32, 32), (16, 37), (16,))}
+    assert sorted(real_ids) == sorted(set(real_ids)) and len(real_ids) == m.samples("val") and m.samples("val") % 16
+
+
+@pytest.mark.parametrize("name", CPU_LOADERS)
 def test_train_ranks_get_disjoint_equal_length_slices(name, synth_shards):
     paths = manifest_of(synth_shards).paths("train")
     loaders = [make_loader(name, paths, train=True, batch_size=8, rank=r, world_size=2, image_size=32, workers=1)
