@@ -94,7 +94,7 @@ def test_eval_reads_every_sample_exactly_once_on_one_and_two_ranks(name, synth_s
 
 
 @pytest.mark.parametrize("name", CPU_LOADERS)
-def test_padded_eval_batches_have_one_shape_and_every_sample_once(name, synth_shards):
+def test_eval_padding_repeats_the_last_row(name, synth_shards):
     m = manifest_of(synth_shards)
     loader = make_loader(name, m.paths("val"), train=False, batch_size=16, image_size=32, crop_size=128, workers=1,
                          pad_last_batch=True)
