@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from shard_tools import schema
-from shard_tools.layout import LayoutError, PackedSet, atomic_path, write_atomic
+from shard_tools.layout import PackedSet, atomic_path, write_atomic
 
-from .data import LOADERS, LoaderError, make_loader
-from .inference import InferenceError, speed_line
+from .data import make_loader
+from .inference import InferenceError, run_command, speed_line
 from .labels import read_labels
 from .metrics import pooled_rmse, rmse
-from .predict import common_setup
-from .tta import VIEW_COUNTS
+from .predict import add_inference_args, common_setup
 
 PROG = "evaluate"
 MODEL, MEAN, ZEROS = "model", "training mean", "all zeros"
@@ -129,14 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m gzfast.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="run folder of gzfast/train.py (its --out)")
     ap.add_argument("--shards", default=None, help="packed set with val shards (default: the run's --shards)")
-    ap.add_argument("--tta", type=int, default=8, metavar="K",
-                    help=f"views averaged per galaxy, one of {', '.join(map(str, VIEW_COUNTS))} (default 8)")
-    ap.add_argument("--checkpoint", default="best", help="best (default), last, or a checkpoint path")
-    ap.add_argument("--loader", default="auto", help=f"auto (dali-gpu with CUDA, else dali-cpu), {', '.join(LOADERS)}")
-    ap.add_argument("--batch-size", type=int, default=None, help="batch size (default: the run's)")
-    ap.add_argument("--workers", type=int, default=None, help="loader threads")
-    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on a GPU")
-    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="auto: on with a GPU")
+    add_inference_args(ap)
     ap.add_argument("--no-plot", dest="plot", action="store_false", help="skip RUN/eval.png")
     return ap
 
@@ -177,12 +169,7 @@ def evaluate(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return evaluate(args)
-    except (InferenceError, LoaderError, LayoutError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(PROG, lambda a: evaluate(build_parser().parse_args(a)), argv)
 
 
 if __name__ == "__main__":

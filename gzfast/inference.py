@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,3 +175,15 @@ def speed_line(pred: Prediction, views: int) -> str:
     steady = f"; {pred.steady_per_s:,.0f}/s after the first batch" if pred.steady_per_s else ""
     return (f"{n:,} galaxies x {views} view(s) in {pred.seconds:.1f} s: {rate:,.0f} galaxies/s "
             f"({rate * views:,.0f} model images/s{steady})")
+
+
+def run_command(prog: str, command, argv) -> int:
+    """An entry point's anticipated failures as one line `prog: error: ...` and exit 2."""
+    from shard_tools.layout import LayoutError
+
+    from .data import LoaderError
+    try:
+        return command(argv)
+    except (InferenceError, LoaderError, LayoutError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2

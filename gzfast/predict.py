@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shard_tools.layout import LayoutError, PackedSet, shard_info, write_atomic
+from shard_tools.layout import PackedSet, shard_info, write_atomic
 from shard_tools.schema import CSV_HEADER
 
-from .data import LOADERS, LoaderError, make_loader
+from .config import auto_loader
+from .data import LOADERS, make_loader
 from .folder import ImageFolderBatches, eval_spec
-from .inference import InferenceError, Predictor, load_run, speed_line
+from .inference import InferenceError, Predictor, load_run, run_command, speed_line
 from .tta import VIEW_COUNTS, check_views
 
 PROG = "predict"
@@ -78,16 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--shards", help="test shards: OUT/test of a packed set")
     src.add_argument("--images", help="a folder of 424x424 <GalaxyID>.jpg files (no packing)")
     ap.add_argument("--out", required=True, help="submission CSV to write")
+    add_inference_args(ap)
+    return ap
+
+
+def add_inference_args(ap: argparse.ArgumentParser):
+    """The flags predict and evaluate share."""
     ap.add_argument("--tta", type=int, default=8, metavar="K",
                     help=f"views averaged per galaxy, one of {', '.join(map(str, VIEW_COUNTS))} (default 8: four "
                          f"rotations x flip; 1 = centre crop only)")
     ap.add_argument("--checkpoint", default="best", help="best (default), last, or a checkpoint path")
-    ap.add_argument("--loader", default="auto", help=f"auto (dali-gpu with CUDA, else dali-cpu), {', '.join(LOADERS)}")
+    ap.add_argument("--loader", default="auto", help=f"auto (dali-gpu with CUDA, else pil), {', '.join(LOADERS)}")
     ap.add_argument("--batch-size", type=int, default=None, help="batch size (default: the run's)")
     ap.add_argument("--workers", type=int, default=None, help="loader threads")
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on a GPU")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="auto: on with a GPU")
-    return ap
 
 
 def common_setup(args):
@@ -100,7 +106,7 @@ def common_setup(args):
         raise InferenceError(f"--batch-size {args.batch_size} must be >= 1")
     loader = args.loader
     if loader == "auto":
-        loader = "dali-gpu" if torch.cuda.is_available() else "dali-cpu"
+        loader = auto_loader(torch.cuda.is_available())[0]
     if loader not in LOADERS:
         raise InferenceError(f"--loader {loader}: choose auto or one of {', '.join(LOADERS)}")
     if loader == "dali-gpu" and not torch.cuda.is_available():
@@ -162,12 +168,7 @@ def predict(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return predict(args)
-    except (InferenceError, LoaderError, LayoutError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(PROG, lambda a: predict(build_parser().parse_args(a)), argv)
 
 
 if __name__ == "__main__":
