@@ -144,3 +144,30 @@ def test_bad_benchmark_input_is_one_line(args, message, synth_shards):
     err = res.stderr.strip().splitlines()
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert err[-1].startswith("epoch_time: error: ") and message in err[-1], res.stderr
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(synth_shards, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """The second epoch's checkpoint write fails with ENOSPC: one line naming the file and the cause, no temp
+    file left, and last.pt still the first epoch's."""
+    import errno
+
+    from gzfast import checkpoint as ckpt
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **kw):
+        calls.append(f)
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            Path(f).write_bytes(b"partial")  # some bytes reached the disk before it filled up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "run"
+    args = ["--shards", str(synth_shards), "--out", str(run), *TINY, "--epochs", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train: error: ") and "No space left on device" in err[0], err
+    assert "last.pt" in err[0]
+    assert ckpt.load(run / "checkpoints" / "last.pt")["epoch"] == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
