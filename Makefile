@@ -56,15 +56,17 @@ run: shards
 
 # The GPU machine has torch but no package index and no venv: the check runs on its python3, and DALI
 # comes as the bundle in ../dali-parts (see benchmarks/gpu_check.py). `make gpu-data` first copies the real
-# JPEGs the GPU tests read into the git-ignored .gz2/ (../shared does not travel to that machine).
+# JPEGs the GPU tests read into the git-ignored .gz2/ (../shared does not travel to that machine) and pytest
+# (pure Python) into .gpu-site/: carry both with the DALI bundle's parts.
 GPU_PY ?= python3
 gpu-check:
 	$(GPU_PY) benchmarks/gpu_check.py $(if $(SHARDS),--shards $(SHARDS)) $(GPU_CHECK_ARGS)
 
-gpu-data:
-	rm -rf .gz2 && mkdir -p .gz2
+gpu-data: $(INSTALL)
+	rm -rf .gz2 .gpu-site && mkdir -p .gz2
 	cp -r ../shared/gz2/test_images ../shared/gz2/train_images .gz2/
 	head -n 51 ../shared/gz2/training_solutions_subset.csv > .gz2/training_solutions_subset.csv
+	$(PY) -m pip install -q --target .gpu-site --no-compile pytest
 
 clean:
 	rm -rf data runs

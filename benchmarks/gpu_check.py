@@ -77,6 +77,10 @@ class _Concat:
 
 
 def environment() -> tuple[dict, list[str]]:
+    site = REPO / ".gpu-site"  # pytest for a machine without a package index (`make gpu-data`)
+    if site.is_dir() and str(site) not in sys.path:
+        sys.path.append(str(site))
+        os.environ["PYTHONPATH"] = os.pathsep.join([os.environ.get("PYTHONPATH", ""), str(site)])
     found, missing = {}, []
     for mod in ("torch", "nvidia.dali", "webdataset", "timm", "accelerate", "pandas", "PIL", "numpy", "pytest"):
         try:
