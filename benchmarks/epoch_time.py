@@ -209,7 +209,8 @@ def parse_args(argv):
     ap.add_argument("--shards", default=None, help=f"packed set (default {DEFAULT_SHARDS}, made if missing)")
     ap.add_argument("--config", default=None, help="trainer config file (YAML/JSON) whose recipe to measure")
     ap.add_argument("--quick", action="store_true", help="CPU-sized: convnext_atto, 64 px, batch 32, short windows")
-    ap.add_argument("--what", default="loaders,synthetic,train", help="comma list of loaders, synthetic, train, epoch")
+    ap.add_argument("--what", default=None, help="comma list of loaders, synthetic, train, epoch (default: all four with "
+                                                 "CUDA; without, all but epoch: two trainer epochs take long on a CPU)")
     ap.add_argument("--loaders", default=None, help=f"comma list of {', '.join(LOADERS)} (default: those usable here)")
     ap.add_argument("--batch-size", type=int, default=None, help="per process (default: the trainer's, 512 on one GPU)")
     ap.add_argument("--image-size", type=int, default=None)
@@ -266,7 +267,7 @@ def ensure_shards(args):
 def run(args) -> tuple[list[dict], TrainConfig]:
     cuda = torch.cuda.is_available()
     names = args.loaders.split(",") if args.loaders else (["dali-gpu"] if cuda else []) + ["dali-cpu", "pil"]
-    what = set(args.what.split(","))
+    what = set((args.what or ("loaders,synthetic,train,epoch" if cuda else "loaders,synthetic,train")).split(","))
     unknown = [n for n in names if n not in LOADERS] + [w for w in what if w not in ("loaders", "synthetic", "train", "epoch")]
     if unknown:
         raise LoaderError(f"unknown loader or measurement {', '.join(unknown)}: loaders are {', '.join(LOADERS)}; "
