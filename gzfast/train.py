@@ -146,6 +146,11 @@ class Trainer:
         if resume_state is not None and resume_state["data_fingerprint"] != self.data.fingerprint and not cfg.force:
             raise ConfigError(f"--resume refused: the shards in {cfg.shards} differ from the ones this run "
                               f"was trained on (manifest changed); pass --force to continue anyway")
+        world = resume_state.get("world_size", 1) if resume_state is not None else acc.num_processes
+        if world != acc.num_processes and not cfg.force:
+            # each rank's slice of the data depends on the process count: another count is another run
+            raise ConfigError(f"--resume refused: the run was trained by {world} process(es), this launch has "
+                              f"{acc.num_processes}; launch {world} (accelerate launch --num_processes {world}) or pass --force")
         resume = resume_state or {}
         self.t: Training = build_training(cfg, acc, resume.get("model"), resume.get("optimizer"))
         was = resume.get("loader_workers", self.t.loader_workers)
@@ -155,7 +160,7 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.t.optimizer.param_groups]
         self.epoch, self.step_in_epoch = resume.get("epoch", 0), resume.get("step", 0)
         self.global_step, self.best_rmse = resume.get("global_step", 0), resume.get("best_rmse", math.inf)
-        self.stats = EpochStats.from_state(resume["epoch_stats"]) if resume else EpochStats()
+        self.stats = self._resumed_stats(resume) if resume else EpochStats()
         if resume:
             self._truncate_metrics(resume["metrics_lines"])
             ckpt.set_rng_state(resume["rng"])
@@ -168,6 +173,13 @@ class Trainer:
         self.next_loader = None  # (epoch, future of its prepared loader)
 
     # --- bookkeeping ---------------------------------------------------------------------------------
+    def _resumed_stats(self, resume: dict) -> EpochStats:
+        """This rank's running sums of the interrupted epoch (each rank summed its own losses)."""
+        per_rank = resume.get("epoch_stats_per_rank")
+        if per_rank and len(per_rank) == self.accelerator.num_processes:
+            return EpochStats.from_state(per_rank[self.accelerator.process_index])
+        return EpochStats.from_state(resume["epoch_stats"])
+
     def _count_metrics_lines(self) -> int:
         if not self.metrics_path.exists():
             return 0
@@ -203,12 +215,17 @@ class Trainer:
         copies it to best.pt."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        per_rank = [self.stats.state_dict()]
+        if acc.num_processes > 1:  # every rank's own loss sums, so a resumed epoch reduces what an unbroken one does
+            from accelerate.utils import gather_object
+            per_rank = gather_object(per_rank)
         if not self.is_main:
             return
         state = {"config": self.cfg.to_dict(), "data_fingerprint": self.data.fingerprint,
                  "model": self.t.model.state_dict(), "optimizer": self.t.optimizer.state_dict(),
                  "epoch": epoch, "step": step, "global_step": self.global_step, "best_rmse": self.best_rmse,
-                 "epoch_stats": self.stats.state_dict(), "rng": ckpt.rng_state(), "loader_workers": self.t.loader_workers,
+                 "epoch_stats": self.stats.state_dict(), "epoch_stats_per_rank": per_rank,
+                 "world_size": acc.num_processes, "rng": ckpt.rng_state(), "loader_workers": self.t.loader_workers,
                  "metrics_lines": self.metrics_lines, "elapsed": time.time() - self.start_time}
         ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
         if best:
@@ -223,13 +240,18 @@ class Trainer:
                   f"(again to abort without saving)", file=sys.stderr, flush=True)
 
     def _stop_requested(self, at_sync_point: bool) -> bool:
-        """All processes agree on stopping, at log points only when there are several (no extra syncs)."""
+        """All processes agree on stopping, at log points only when there are several (no extra syncs): a
+        signal to any one rank stops every rank after the same step. A rank that got no signal itself
+        takes the signal's number, for its exit status."""
         if self.accelerator.num_processes == 1:
             return self.stop_signal is not None
         if not at_sync_point:
             return False
-        flag = torch.tensor([1.0 if self.stop_signal is not None else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, "max").item())
+        flag = torch.tensor([float(self.stop_signal or 0)], device=self.accelerator.device)
+        signum = int(self.accelerator.reduce(flag, "max").item())
+        if signum and self.stop_signal is None:
+            self.stop_signal = signum
+        return bool(signum)
 
     # --- loaders -------------------------------------------------------------------------------------
     def _loader_args(self) -> dict:
@@ -322,7 +344,8 @@ class Trainer:
     def _log_window(self, epoch: int, step: int, stage_name: str, device_sums: torch.Tensor, bar):
         """A log point (the only host sync of the loop): the window's mean loss, checked for NaN/inf."""
         st = self.stats
-        window = device_sums[1].item() / st.window_count
+        # the mean over all ranks (they run the same number of steps), so every rank sees a NaN on any one
+        window = self.accelerator.reduce(device_sums[1:2].clone(), "mean").item() / st.window_count
         if not math.isfinite(window):
             bar.close()
             last = self.ckpt_dir / ckpt.LAST
@@ -342,7 +365,9 @@ class Trainer:
         t_eval = time.perf_counter()
         report = self.evaluate()
         eval_time = time.perf_counter() - t_eval
-        train_loss = st.loss_sum / max(st.loss_count, 1)
+        sums = torch.tensor([st.loss_sum, st.loss_count], device=self.accelerator.device, dtype=torch.float64)
+        loss_sum, loss_count = self.accelerator.reduce(sums, "sum").tolist()  # the loss over every rank's batches
+        train_loss = loss_sum / max(loss_count, 1)
         record = {"kind": "epoch", "epoch": epoch + 1, "stage": stage_name, "stage_index": stage_index,
                   "train_loss": train_loss, "samples": st.samples,
                   "val_rmse": report["rmse"] if report else None,
@@ -423,12 +448,18 @@ class Trainer:
         return evaluation_report(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                                  self.high, self.low)
 
+    def run_config(self) -> dict:
+        """config.json: the config, and how this launch split it (the batch is global; each process takes
+        `per_process_batch` per accumulation step)."""
+        return {**self.cfg.to_dict(), "world_size": self.accelerator.num_processes,
+                "per_process_batch": self.t.micro_batch}
+
     def fit(self) -> int:
         cfg = self.cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-            print("config: " + json.dumps(cfg.to_dict()), flush=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.run_config(), indent=1) + "\n")
+            print("config: " + json.dumps(self.run_config()), flush=True)
             print(f"processes {self.accelerator.num_processes}, device {self.accelerator.device}, "
                   f"micro-batch {self.t.micro_batch} x grad-accum {cfg.grad_accum}", flush=True)
             for note in self.notes + self.t.notes:
