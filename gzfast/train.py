@@ -8,7 +8,9 @@ validation runs; the validation loader is built once and reused.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime
 import json
 import math
 import signal
@@ -516,17 +518,66 @@ class Trainer:
             print(f"plot: {plot_runs([self.run_dir])}")
 
 
+ERROR_KEY = "gzfast/error"  # in torch.distributed's store: the first rank's error, for every other rank
+
+
+def _rank_and_store():
+    """(rank, the process group's key-value store) of a run of several processes, else (None, None). The
+    store lives in the launcher (torchrun's agent), so it outlives a rank that exits."""
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None, None
+    try:
+        return dist.get_rank(), dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - a private accessor: without it, each rank reports only its own error
+        return dist.get_rank(), None
+
+
+def _report(message: str) -> str:
+    """Shares a rank's error with the others (they fail at their next collective, with nothing to say)."""
+    rank, store = _rank_and_store()
+    if rank is None:
+        return message
+    message = f"rank {rank}: {message}"
+    if store is not None:
+        with contextlib.suppress(Exception):
+            if not store.check([ERROR_KEY]):  # the first error is the cause; later ones are its echoes
+                store.set(ERROR_KEY, message)
+    return message
+
+
+def _error_of_another_rank(timeout_s: float = 5.0) -> str | None:
+    """The error another rank shared, when a collective failed because that rank exited."""
+    rank, store = _rank_and_store()
+    if store is None:
+        return None
+    try:
+        store.wait([ERROR_KEY], datetime.timedelta(seconds=timeout_s))
+        return store.get(ERROR_KEY).decode()
+    except Exception:  # noqa: BLE001 - the store itself may be gone with the launcher
+        return None
+
+
 def main(argv=None) -> int:
     try:
         cfg, state, notes = resolve_config(argv, torch.cuda.is_available())
         trainer = Trainer(cfg, state, notes)
         return trainer.fit()
     except (ConfigError, LoaderError, LayoutError, ScheduleError, TrainingStopped) as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
+        print(f"train: error: {_report(str(exc))}", file=sys.stderr)
         return 2 if not isinstance(exc, TrainingStopped) else 3
     except OSError as exc:  # a full disk, a folder we may not write: name the file and the cause
-        print(f"train: error: cannot write or read {exc.filename or 'a file'}: {exc.strerror or exc}; the last "
-              f"checkpoint stays as it was", file=sys.stderr)
+        print("train: error: " + _report(f"cannot write or read {exc.filename or 'a file'}: {exc.strerror or exc}; "
+                                          f"the last checkpoint stays as it was"), file=sys.stderr)
+        return 2
+    except RuntimeError:
+        # a collective broke because another rank stopped: say why it did. The launcher is already sending
+        # SIGTERM to the survivors; the few ms of reading the message must not die of it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        other = _error_of_another_rank()
+        if other is None:
+            raise
+        print(f"train: error: {other}", file=sys.stderr)
         return 2
 
 

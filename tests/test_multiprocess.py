@@ -4,9 +4,6 @@ kill -9 or a SIGTERM to one rank followed by --resume ends as an unbroken run do
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,47 +15,11 @@ from gzfast import checkpoint as ckpt
 from gzfast.train import TIMING_KEYS
 from shard_tools.layout import PackedSet
 
-from helpers import REPO, read_shard_samples
+from helpers import accelerate_launch, finish, kill_all, rank_pids, read_shard_samples
 
 pytestmark = pytest.mark.slow
-TINY = ["--model", "convnext_atto", "--image-size", "32", "--crop-size", "128", "--batch-size", "16",
-        "--workers", "1", "--loader", "dali-cpu", "--lr-backbone", "1e-3", "--lr-head", "1e-3"]
-ARGS = [*TINY, "--curriculum", "high:1,all:1", "--log-every", "1", "--no-plot", "--deterministic"]
 MICRO = 8  # --batch-size 16 over 2 processes
 SLOW = {"TEST_BATCH_DELAY": "0.15"}  # time to signal a run mid-epoch (results do not depend on it)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def accelerate_launch(shards, run, *extra, processes=2, env=None):
-    """`accelerate launch --multi_gpu --num_processes 2` of the trainer (through tests/launch_train.py,
-    which records each rank's ids), in its own session so the whole tree can be killed."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {}))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), "tests/launch_train.py",
-           "--shards", str(shards), "--out", str(run), *ARGS, *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
-def kill_all(proc):
-    """kill -9 of the launcher and its ranks (torchrun starts each rank in a session of its own)."""
-    for pid in rank_pids(proc.pid).values():
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-
-
-def finish(proc, timeout=600):
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_all(proc)
-        raise
 
 
 def records(run: Path, kind=None):
@@ -167,19 +128,6 @@ def test_kill_9_of_the_whole_run_then_resume_matches_an_unbroken_run(synth_shard
     _, err = finish(proc)
     assert proc.returncode == 0, err[-3000:]
     assert_same_run(two_process_run[0], run)
-
-
-def rank_pids(launcher: int) -> dict[int, int]:
-    """{rank: pid} of the workers under an `accelerate launch` (torchrun runs inside the launcher)."""
-    out = {}
-    for line in subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
-        pid, ppid = map(int, line.split())
-        if ppid == launcher:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            rank = next((int(e.split(b"=")[1]) for e in env if e.startswith(b"RANK=")), None)
-            if rank is not None:
-                out[rank] = pid
-    return out
 
 
 def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(synth_shards, two_process_run, tmp_path):
