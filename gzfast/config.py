@@ -29,6 +29,11 @@ RUN_CONTROL = {"resume", "force", "plot", "ceiling_probe", "verify_shards"}
 RESUME_FREE = RUN_CONTROL | {"out", "log_every", "workers"}
 
 
+# What config.json records about the launch (the trainer adds them): not settings, so a config file may
+# carry them and they are ignored.
+LAUNCH_FACTS = {"world_size", "per_process_batch"}
+
+
 class ConfigError(ValueError):
     pass
 
@@ -185,6 +190,8 @@ def from_mapping(data: dict, source: str) -> dict:
     out = {}
     for key, value in data.items():
         name = key.replace("-", "_")
+        if name in LAUNCH_FACTS:  # a run's config.json given back as --config: the launch decides these
+            continue
         if name not in known:
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})")
         out[name] = _coerce(f"{source}: {key}", value, _field_type(known[name]))

@@ -200,11 +200,11 @@ def find_undecodable(paths: list[str], budget_s: float = 20.0) -> str | None:
 
     from PIL import Image
 
-    from shard_tools.layout import index_path, read_index
+    from shard_tools.layout import index_path, open_shard, read_index
 
     deadline = time.monotonic() + budget_s
     for path in paths:
-        with open(path, "rb") as f:
+        with open_shard(path) as f:
             for sample in read_index(index_path(path)):
                 jpg = next((e for e in sample if e.ext == "jpg"), None)
                 if jpg is None:

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from shard_tools.layout import index_path, read_index
+from shard_tools.layout import index_path, open_shard, read_index
 
 
 def read_labels(tar_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(ids int64 N, labels float32 N×37) of every sample of the given (train/val) shards."""
     ids, labels = [], []
     for tar in tar_paths:
-        with open(tar, "rb") as f:
+        with open_shard(tar) as f:  # a local file, or an s3:// object fetched whole
             for sample in read_index(index_path(tar)):
                 f32 = next((e for e in sample if e.ext == "f32"), None)
                 if f32 is None:

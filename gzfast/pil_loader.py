@@ -1,7 +1,8 @@
 """The study-style baseline: webdataset + torch DataLoader workers + PIL, with DALI's geometry.
 
 Shards are split across ranks (`shards[rank::world]`) and across workers by webdataset. Per-sample
-augmentation is seeded by (seed, epoch, GalaxyID), so it does not depend on worker scheduling.
+augmentation is seeded by (seed, epoch, GalaxyID), so it does not depend on worker scheduling. `s3://`
+shards are streamed through boto3 (`register_s3_opener`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shard_tools.layout import IMAGE_SIDE
+from shard_tools.layout import IMAGE_SIDE, is_remote
 
 from .data import Batch, LoaderError, LoaderSpec, batch_count, normalize_on_device
 
@@ -72,6 +73,15 @@ def pil_transform(jpg: bytes, gid: int, spec: LoaderSpec) -> np.ndarray:
     return np.asarray(img)
 
 
+def register_s3_opener():
+    """webdataset opens URLs through its `gopen_schemes` table, which has no `s3`: add a streamed boto3 GET
+    (endpoint and credentials from the AWS_* variables). The workers inherit it by fork."""
+    import importlib
+
+    from shard_tools import objstore
+    importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = objstore.gopen_s3
+
+
 class _Decode:
     """Picklable per-sample map for the workers."""
 
@@ -120,6 +130,8 @@ class PILLoader:
         s = self.spec
         if not self.rank_paths:
             return []
+        if any(is_remote(p) for p in self.rank_paths):
+            register_s3_opener()
         ds = wds.WebDataset(self.rank_paths, shardshuffle=False, nodesplitter=None,
                             workersplitter=wds.split_by_worker, empty_check=False)
         if s.train:  # a second pass fills the epoch when a rank's shards hold fewer samples than its share

@@ -8,7 +8,9 @@ validation runs; the validation loader is built once and reused.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime
 import json
 import math
 import signal
@@ -146,6 +148,11 @@ class Trainer:
         if resume_state is not None and resume_state["data_fingerprint"] != self.data.fingerprint and not cfg.force:
             raise ConfigError(f"--resume refused: the shards in {cfg.shards} differ from the ones this run "
                               f"was trained on (manifest changed); pass --force to continue anyway")
+        world = resume_state.get("world_size", 1) if resume_state is not None else acc.num_processes
+        if world != acc.num_processes and not cfg.force:
+            # each rank's slice of the data depends on the process count: another count is another run
+            raise ConfigError(f"--resume refused: the run was trained by {world} process(es), this launch has "
+                              f"{acc.num_processes}; launch {world} (accelerate launch --num_processes {world}) or pass --force")
         resume = resume_state or {}
         self.t: Training = build_training(cfg, acc, resume.get("model"), resume.get("optimizer"))
         was = resume.get("loader_workers", self.t.loader_workers)
@@ -155,7 +162,7 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.t.optimizer.param_groups]
         self.epoch, self.step_in_epoch = resume.get("epoch", 0), resume.get("step", 0)
         self.global_step, self.best_rmse = resume.get("global_step", 0), resume.get("best_rmse", math.inf)
-        self.stats = EpochStats.from_state(resume["epoch_stats"]) if resume else EpochStats()
+        self.stats = self._resumed_stats(resume) if resume else EpochStats()
         if resume:
             self._truncate_metrics(resume["metrics_lines"])
             ckpt.set_rng_state(resume["rng"])
@@ -168,6 +175,13 @@ class Trainer:
         self.next_loader = None  # (epoch, future of its prepared loader)
 
     # --- bookkeeping ---------------------------------------------------------------------------------
+    def _resumed_stats(self, resume: dict) -> EpochStats:
+        """This rank's running sums of the interrupted epoch (each rank summed its own losses)."""
+        per_rank = resume.get("epoch_stats_per_rank")
+        if per_rank and len(per_rank) == self.accelerator.num_processes:
+            return EpochStats.from_state(per_rank[self.accelerator.process_index])
+        return EpochStats.from_state(resume["epoch_stats"])
+
     def _count_metrics_lines(self) -> int:
         if not self.metrics_path.exists():
             return 0
@@ -203,12 +217,17 @@ class Trainer:
         copies it to best.pt."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        per_rank = [self.stats.state_dict()]
+        if acc.num_processes > 1:  # every rank's own loss sums, so a resumed epoch reduces what an unbroken one does
+            from accelerate.utils import gather_object
+            per_rank = gather_object(per_rank)
         if not self.is_main:
             return
         state = {"config": self.cfg.to_dict(), "data_fingerprint": self.data.fingerprint,
                  "model": self.t.model.state_dict(), "optimizer": self.t.optimizer.state_dict(),
                  "epoch": epoch, "step": step, "global_step": self.global_step, "best_rmse": self.best_rmse,
-                 "epoch_stats": self.stats.state_dict(), "rng": ckpt.rng_state(), "loader_workers": self.t.loader_workers,
+                 "epoch_stats": self.stats.state_dict(), "epoch_stats_per_rank": per_rank,
+                 "world_size": acc.num_processes, "rng": ckpt.rng_state(), "loader_workers": self.t.loader_workers,
                  "metrics_lines": self.metrics_lines, "elapsed": time.time() - self.start_time}
         ckpt.atomic_save(state, self.ckpt_dir / ckpt.LAST)
         if best:
@@ -223,13 +242,18 @@ class Trainer:
                   f"(again to abort without saving)", file=sys.stderr, flush=True)
 
     def _stop_requested(self, at_sync_point: bool) -> bool:
-        """All processes agree on stopping, at log points only when there are several (no extra syncs)."""
+        """All processes agree on stopping, at log points only when there are several (no extra syncs): a
+        signal to any one rank stops every rank after the same step. A rank that got no signal itself
+        takes the signal's number, for its exit status."""
         if self.accelerator.num_processes == 1:
             return self.stop_signal is not None
         if not at_sync_point:
             return False
-        flag = torch.tensor([1.0 if self.stop_signal is not None else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, "max").item())
+        flag = torch.tensor([float(self.stop_signal or 0)], device=self.accelerator.device)
+        signum = int(self.accelerator.reduce(flag, "max").item())
+        if signum and self.stop_signal is None:
+            self.stop_signal = signum
+        return bool(signum)
 
     # --- loaders -------------------------------------------------------------------------------------
     def _loader_args(self) -> dict:
@@ -322,7 +346,8 @@ class Trainer:
     def _log_window(self, epoch: int, step: int, stage_name: str, device_sums: torch.Tensor, bar):
         """A log point (the only host sync of the loop): the window's mean loss, checked for NaN/inf."""
         st = self.stats
-        window = device_sums[1].item() / st.window_count
+        # the mean over all ranks (they run the same number of steps), so every rank sees a NaN on any one
+        window = self.accelerator.reduce(device_sums[1:2].clone(), "mean").item() / st.window_count
         if not math.isfinite(window):
             bar.close()
             last = self.ckpt_dir / ckpt.LAST
@@ -342,7 +367,9 @@ class Trainer:
         t_eval = time.perf_counter()
         report = self.evaluate()
         eval_time = time.perf_counter() - t_eval
-        train_loss = st.loss_sum / max(st.loss_count, 1)
+        sums = torch.tensor([st.loss_sum, st.loss_count], device=self.accelerator.device, dtype=torch.float64)
+        loss_sum, loss_count = self.accelerator.reduce(sums, "sum").tolist()  # the loss over every rank's batches
+        train_loss = loss_sum / max(loss_count, 1)
         record = {"kind": "epoch", "epoch": epoch + 1, "stage": stage_name, "stage_index": stage_index,
                   "train_loss": train_loss, "samples": st.samples,
                   "val_rmse": report["rmse"] if report else None,
@@ -423,12 +450,18 @@ class Trainer:
         return evaluation_report(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                                  self.high, self.low)
 
+    def run_config(self) -> dict:
+        """config.json: the config, and how this launch split it (the batch is global; each process takes
+        `per_process_batch` per accumulation step)."""
+        return {**self.cfg.to_dict(), "world_size": self.accelerator.num_processes,
+                "per_process_batch": self.t.micro_batch}
+
     def fit(self) -> int:
         cfg = self.cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-            print("config: " + json.dumps(cfg.to_dict()), flush=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.run_config(), indent=1) + "\n")
+            print("config: " + json.dumps(self.run_config()), flush=True)
             print(f"processes {self.accelerator.num_processes}, device {self.accelerator.device}, "
                   f"micro-batch {self.t.micro_batch} x grad-accum {cfg.grad_accum}", flush=True)
             for note in self.notes + self.t.notes:
@@ -485,17 +518,66 @@ class Trainer:
             print(f"plot: {plot_runs([self.run_dir])}")
 
 
+ERROR_KEY = "gzfast/error"  # in torch.distributed's store: the first rank's error, for every other rank
+
+
+def _rank_and_store():
+    """(rank, the process group's key-value store) of a run of several processes, else (None, None). The
+    store lives in the launcher (torchrun's agent), so it outlives a rank that exits."""
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None, None
+    try:
+        return dist.get_rank(), dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - a private accessor: without it, each rank reports only its own error
+        return dist.get_rank(), None
+
+
+def _report(message: str) -> str:
+    """Shares a rank's error with the others (they fail at their next collective, with nothing to say)."""
+    rank, store = _rank_and_store()
+    if rank is None:
+        return message
+    message = f"rank {rank}: {message}"
+    if store is not None:
+        with contextlib.suppress(Exception):
+            if not store.check([ERROR_KEY]):  # the first error is the cause; later ones are its echoes
+                store.set(ERROR_KEY, message)
+    return message
+
+
+def _error_of_another_rank(timeout_s: float = 5.0) -> str | None:
+    """The error another rank shared, when a collective failed because that rank exited."""
+    rank, store = _rank_and_store()
+    if store is None:
+        return None
+    try:
+        store.wait([ERROR_KEY], datetime.timedelta(seconds=timeout_s))
+        return store.get(ERROR_KEY).decode()
+    except Exception:  # noqa: BLE001 - the store itself may be gone with the launcher
+        return None
+
+
 def main(argv=None) -> int:
     try:
         cfg, state, notes = resolve_config(argv, torch.cuda.is_available())
         trainer = Trainer(cfg, state, notes)
         return trainer.fit()
     except (ConfigError, LoaderError, LayoutError, ScheduleError, TrainingStopped) as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
+        print(f"train: error: {_report(str(exc))}", file=sys.stderr)
         return 2 if not isinstance(exc, TrainingStopped) else 3
     except OSError as exc:  # a full disk, a folder we may not write: name the file and the cause
-        print(f"train: error: cannot write or read {exc.filename or 'a file'}: {exc.strerror or exc}; the last "
-              f"checkpoint stays as it was", file=sys.stderr)
+        print("train: error: " + _report(f"cannot write or read {exc.filename or 'a file'}: {exc.strerror or exc}; "
+                                          f"the last checkpoint stays as it was"), file=sys.stderr)
+        return 2
+    except RuntimeError:
+        # a collective broke because another rank stopped: say why it did. The launcher is already sending
+        # SIGTERM to the survivors; the few ms of reading the message must not die of it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        other = _error_of_another_rank()
+        if other is None:
+            raise
+        print(f"train: error: {other}", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m shard_tools {synth,pack,verify} ...`."""
+"""Command line: `python -m shard_tools {synth,pack,verify,push} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,11 @@ def main(argv=None) -> int:
     v.add_argument("--decode", action="store_true", help="also decode every JPEG")
     v.add_argument("--workers", type=_positive_int, default=None)
 
+    u = sub.add_parser("push", help="upload a packed set to S3-compatible object storage (the manifest last)")
+    u.add_argument("out", help="the local packed set")
+    u.add_argument("url", help="s3://bucket/prefix (endpoint and credentials: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                               "AWS_SECRET_ACCESS_KEY)")
+
     args = ap.parse_args(argv)
     try:
         return _run(args)
@@ -67,6 +72,10 @@ def _run(args) -> int:
                  workers=args.workers)
         elif args.cmd == "verify":
             return _verify(args)
+        elif args.cmd == "push":
+            from .push import push
+            files, size = push(args.out, args.url)
+            print(f"push: {files} files ({size / 1e6:.1f} MB) uploaded to {args.url.rstrip('/')}, the manifest last")
     except (CatalogError, PackError, SynthError, LayoutError) as exc:
         print(f"{args.cmd}: error: {readable(str(exc))}", file=sys.stderr)
         return 2

@@ -9,13 +9,15 @@ hand. The DALI index format (`v1.2 N`, then one line a sample: `ext offset size 
 parsed here and nowhere else. Also here: writing a file atomically, which the packer and the trainer's
 checkpoints share (a crash mid-write leaves the previous file, never a half-written one).
 
-Torch-free and DALI-free. Roots are local folders; an `s3://` root is recognised and refused until
-object storage is supported, so callers already go through the one door it will use.
+Torch-free and DALI-free. A root is a local folder or `s3://bucket/prefix` (objstore.py does the
+requests); the readers here (`read_index`, `shard_info`, `file_size`, `read_range`, `open_shard`) take a
+local path or an `s3://` address alike, so nobody else tells the two apart.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -69,6 +71,41 @@ def index_path(tar_path: str | os.PathLike) -> str:
     return tar_path[:-4] + ".idx"
 
 
+# --- reading a local path or an s3:// address ------------------------------------------------------
+
+def is_remote(path) -> bool:
+    return str(path).startswith("s3://")
+
+
+def _store():
+    from . import objstore  # boto3 only when a set is remote
+    return objstore
+
+
+def file_size(path) -> int:
+    return _store().size(str(path)) if is_remote(path) else os.path.getsize(path)
+
+
+def path_exists(path) -> bool:
+    return _store().exists(str(path)) if is_remote(path) else os.path.exists(path)
+
+
+def read_range(path, start: int, length: int) -> bytes:
+    if is_remote(path):
+        return _store().read(str(path), start, length)
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), length, start)
+
+
+def read_all(path) -> bytes:
+    return _store().read(str(path)) if is_remote(path) else Path(path).read_bytes()
+
+
+def open_shard(path):
+    """A binary file object of a shard, to seek and read (a remote one is fetched whole: one request)."""
+    return io.BytesIO(read_all(path)) if is_remote(path) else open(path, "rb")
+
+
 # --- the DALI index -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -86,7 +123,7 @@ class IndexEntry:
 def read_index(path: str | os.PathLike) -> list[list[IndexEntry]]:
     """A DALI webdataset index: per sample, its entries. Raises LayoutError if it is malformed."""
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = read_all(path).decode().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise LayoutError(f"{path}: cannot read the DALI index ({exc})") from None
     try:
@@ -117,7 +154,7 @@ class ShardInfo:
 def shard_info(tar_path: str | os.PathLike) -> ShardInfo:
     tar_path = str(tar_path)
     idx = index_path(tar_path)
-    if not os.path.exists(tar_path) or not os.path.exists(idx):
+    if not path_exists(tar_path) or not path_exists(idx):
         raise LayoutError(f"{tar_path}: shard or its .idx index missing (run `make shards` / shard_tools pack)")
     entries = read_index(idx)
     if not entries:
@@ -131,11 +168,10 @@ def index_tar_problem(tar_path: str, idx: str, entries: list[list[IndexEntry]]):
     the tar's end-of-archive block (zeros) follows it, so no sample lies beyond what the index lists."""
     end = max(e.offset + e.size for sample in entries for e in sample)
     block = -(-end // 512) * 512
-    with open(tar_path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        tail = os.pread(f.fileno(), 512, block)
+    size = file_size(tar_path)
     if end > size:
         raise LayoutError(f"{idx}: points {end - size} bytes past the end of {tar_path}; re-run pack")
+    tail = read_range(tar_path, block, 512) if block < size else b""
     if tail.strip(b"\0"):
         raise LayoutError(f"{idx}: lists {len(entries)} samples but {tar_path} holds more after them; re-run pack")
 
@@ -177,8 +213,8 @@ class PackedSet:
     @classmethod
     def open(cls, root: str | os.PathLike) -> PackedSet:
         root = str(root)
-        if root.startswith("s3://"):
-            raise LayoutError(f"{root}: object-storage roots are not supported yet; copy the set to a local folder")
+        if is_remote(root):
+            return cls._open_remote(root.rstrip("/"))
         path = Path(root) / MANIFEST
         if not path.is_file():
             raise LayoutError(f"{path}: no manifest; run `make shards` or `python -m shard_tools pack` first")
@@ -190,8 +226,31 @@ class PackedSet:
             raise LayoutError(f"{path}: not a gzfast manifest (format {FORMAT} expected); re-run pack")
         return cls(str(Path(root).resolve()), manifest)
 
+    @classmethod
+    def _open_remote(cls, root: str) -> PackedSet:
+        store = _store()
+        url = store.join(root, MANIFEST)
+        try:
+            text = store.read(url)
+        except store.ObjStoreError as exc:
+            if str(exc).endswith("no such object"):  # push uploads the manifest last: no manifest, no set
+                raise LayoutError(f"{url}: no manifest; upload a packed set with `python -m shard_tools push OUT "
+                                  f"{root}` (a push that did not finish leaves none)") from None
+            raise
+        try:
+            manifest = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LayoutError(f"{url}: unreadable manifest ({exc}); push the set again") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise LayoutError(f"{url}: not a gzfast manifest (format {FORMAT} expected); push the set again")
+        return cls(root, manifest)
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.root)
+
     def _abs(self, rel: str) -> str:
-        return os.path.join(self.root, rel)
+        return _store().join(self.root, rel) if self.remote else os.path.join(self.root, rel)
 
     @property
     def manifest_path(self) -> str:
@@ -217,7 +276,7 @@ class PackedSet:
         for s in self.shards if shards is None else shards:
             found = []
             try:
-                size = os.path.getsize(s.path)
+                size = file_size(s.path)
                 entries = read_index(s.index)
                 if size != s.bytes:
                     found.append(f"{s.path}: {size} bytes, the manifest says {s.bytes}")
@@ -226,7 +285,7 @@ class PackedSet:
                 if entries:
                     index_tar_problem(s.path, s.index, entries)
                 if full and not found:
-                    with open(s.path, "rb") as f:
+                    with open_shard(s.path) as f:
                         if hashlib.file_digest(f, "sha256").hexdigest() != s.sha256:
                             found.append(f"{s.path}: sha256 differs from the manifest")
             except OSError as exc:

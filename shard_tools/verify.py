@@ -8,16 +8,16 @@ disjoint, sample counts add up. `--decode` also decodes every JPEG.
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing as mp
 import os
 import tarfile
-from pathlib import Path
 
 import numpy as np
 
 from . import schema
 from .catalog import jpeg_problem
-from .layout import LayoutError, PackedSet, read_index
+from .layout import LayoutError, PackedSet, path_exists, read_all, read_index
 
 
 def check_shard(args) -> tuple[list[str], list[int]]:
@@ -26,19 +26,20 @@ def check_shard(args) -> tuple[list[str], list[int]]:
     problems: list[str] = []
     ids: list[int] = []
     name = shard.relpath
-    path = Path(shard.path)
-    if not path.exists():
-        return [f"{name}: shard file missing"], ids
     try:
-        data = path.read_bytes()
+        if not path_exists(shard.path):
+            return [f"{name}: shard file missing"], ids
+        data = read_all(shard.path)  # a local file or an s3:// object
     except OSError as exc:
         return [f"{name}: cannot read the shard ({exc.strerror})"], ids
+    except LayoutError as exc:  # the object store refused or did not answer
+        return [f"{name}: cannot read the shard ({exc})"], ids
     if len(data) != shard.bytes:
         problems.append(f"{name}: size {len(data)} bytes, manifest says {shard.bytes}")
     if hashlib.sha256(data).hexdigest() != shard.sha256:
         problems.append(f"{name}: sha256 differs from the manifest")
     try:
-        with tarfile.open(path) as tar:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             members = tar.getmembers()
             parts: dict[str, dict[str, bytes]] = {}
             order: list[str] = []
@@ -98,7 +99,7 @@ def check_shard(args) -> tuple[list[str], list[int]]:
     return problems, ids
 
 
-def verify(out: str | Path, decode: bool = False, workers: int | None = None) -> list[str]:
+def verify(out: str | os.PathLike, decode: bool = False, workers: int | None = None) -> list[str]:
     """All problems found in the packed set at `out` (empty list: it is sound)."""
     packed = PackedSet.open(out)
     high, low = packed.thresholds["high"], packed.thresholds["low"]

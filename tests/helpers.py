@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -57,3 +61,55 @@ def load_manifest(root) -> dict:
 def read_rejected(out) -> pd.DataFrame:
     """OUT/rejected.csv as strings: galaxy_id, file, split, reason."""
     return pd.read_csv(Path(out) / REJECTED, dtype=str, keep_default_na=False)
+
+
+# --- several processes: `accelerate launch` on the CPU (two gloo ranks through torchrun) -------------------
+
+TINY_MP = ["--model", "convnext_atto", "--image-size", "32", "--crop-size", "128", "--batch-size", "16",
+           "--workers", "1", "--loader", "dali-cpu", "--lr-backbone", "1e-3", "--lr-head", "1e-3"]
+ARGS = [*TINY_MP, "--curriculum", "high:1,all:1", "--log-every", "1", "--no-plot", "--deterministic"]
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(shards, run, *extra, processes=2, env=None):
+    """`accelerate launch --multi_gpu --num_processes 2` of the trainer (through tests/launch_train.py,
+    which records each rank's ids), in its own session so the whole tree can be killed."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", **(env or {}))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "tests/launch_train.py",
+           "--shards", str(shards), "--out", str(run), *ARGS, *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def kill_all(proc):
+    """kill -9 of the launcher and its ranks (torchrun starts each rank in a session of its own)."""
+    for pid in rank_pids(proc.pid).values():
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def finish(proc, timeout=600):
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_all(proc)
+        raise
+
+
+def rank_pids(launcher: int) -> dict[int, int]:
+    """{rank: pid} of the workers under an `accelerate launch` (torchrun runs inside the launcher)."""
+    out = {}
+    for line in subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
+        pid, ppid = map(int, line.split())
+        if ppid == launcher:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            rank = next((int(e.split(b"=")[1]) for e in env if e.startswith(b"RANK=")), None)
+            if rank is not None:
+                out[rank] = pid
+    return out
