@@ -150,6 +150,7 @@ class TrainConfig:
         need(min(self.lr_backbone, self.lr_head, self.weight_decay, self.warmup_epochs) >= 0, "lr/wd/warm-up must be >= 0")
         need(0 <= self.zoom < 0.5 and 0 <= self.shift < 0.25, "zoom must be in [0, 0.5), shift in [0, 0.25)")
         need(self.log_every >= 1, "log_every must be >= 1")
+        need(self.workers is None or self.workers >= 0, f"workers {self.workers} must be >= 0")
         need(self.ceiling_probe >= 0, "ceiling_probe must be >= 0")
         need(not self.force or self.resume, "--force only makes sense with --resume")
         need(self.freeze_stages is None or self.freeze_stages >= 0, "freeze_stages must be >= 0")

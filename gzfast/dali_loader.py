@@ -11,6 +11,7 @@ previous epoch's tail), and an eval loader keeps its pipeline for every pass.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -54,7 +55,8 @@ class DALILoader:
         if spec.train and self.n_batches == 0:
             raise LoaderError(f"{total} training samples on {spec.world_size} process(es) make no full batch of "
                               f"{spec.batch_size}")
-        self.threads = spec.workers or (min(8, os.cpu_count() or 1) if not decode_on_gpu else 4)
+        default = min(8, os.cpu_count() or 1) if not decode_on_gpu else 4
+        self.threads = max(1, spec.workers) if spec.workers is not None else default  # DALI needs one thread
         self._pipe = None
         self._iterator = None
 
@@ -189,13 +191,15 @@ class DALILoader:
 
     def _rewind(self):
         """Train: one epoch, so the pipeline goes. Eval: read the pass to its end and reset, so the same
-        pipeline serves the next pass (also after a consumer stopped early)."""
+        pipeline serves the next pass (also after a consumer stopped early). next(), not a for loop: the
+        iterator's __iter__ resets a started epoch, which would decode the whole pass a second time."""
         if self.spec.train or self._iterator is None:
             self.close()
             return
         try:
-            for _ in self._iterator:
-                pass
+            with contextlib.suppress(StopIteration):
+                while True:
+                    next(self._iterator)
             self._iterator.reset()
         except RuntimeError:
             self.close()  # rebuilt on the next pass

@@ -105,6 +105,8 @@ def make_loader(name: str, shard_paths, *, train: bool, batch_size: int, image_s
         raise LoaderError(str(exc)) from None
     if not 0 < crop_size <= IMAGE_SIDE:
         raise LoaderError(f"crop_size {crop_size} must be in 1..{IMAGE_SIDE}")
+    if workers is not None and workers < 0:
+        raise LoaderError(f"workers {workers} must be >= 0")
     if image_size < 1 or batch_size < 1:
         raise LoaderError(f"image_size {image_size} and batch_size {batch_size} must be >= 1")
     reach = rotation_reach(crop_size, zoom, shift)

@@ -187,3 +187,6 @@ def run_command(prog: str, command, argv) -> int:
     except (InferenceError, LoaderError, LayoutError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError as exc:
+        print(f"{prog}: error: out of GPU memory ({str(exc).strip().splitlines()[0]}); lower --batch-size", file=sys.stderr)
+        return 2

@@ -105,6 +105,8 @@ class PILLoader:
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
         rank_shards = spec.shards[spec.rank::spec.world_size]
+        if spec.train and not rank_shards:  # more ranks than shards: every rank still trains its share
+            rank_shards = [spec.shards[spec.rank % len(spec.shards)]]
         self.rank_paths = [sh.path for sh in rank_shards]
         counts = [sh.samples for sh in rank_shards]
         workers = spec.workers if spec.workers is not None else min(os.cpu_count() or 1, 8)
@@ -134,8 +136,9 @@ class PILLoader:
             register_s3_opener()
         ds = wds.WebDataset(self.rank_paths, shardshuffle=False, nodesplitter=None,
                             workersplitter=wds.split_by_worker, empty_check=False)
-        if s.train:  # a second pass fills the epoch when a rank's shards hold fewer samples than its share
-            ds = ds.repeat(2).shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, seed=s.stream_seed())
+        if s.train:
+            # endless: a rank whose shards hold fewer samples than its share (len()) goes round again
+            ds = ds.repeat().shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, seed=s.stream_seed())
         return ds.map(_Decode(s))
 
     def __iter__(self):

@@ -102,6 +102,15 @@ def check_new_run_folder(out: Path):
                           + (", or continue that run with --resume" if what == "a run" else ""))
 
 
+def next_batch(it, loader):
+    """The next batch; a loader that ends before its len() is a LoaderError, not a bare StopIteration."""
+    try:
+        return next(it)
+    except StopIteration:
+        raise LoaderError(f"the loader ran out before its {len(loader)} batches; its shards hold fewer samples "
+                          f"than their indexes say") from None
+
+
 @dataclass
 class EpochStats:
     """Running sums of the epoch in progress; mid-epoch checkpoints carry them, so a resumed epoch
@@ -159,7 +168,9 @@ class Trainer:
         if cfg.loader == "pil" and was != self.t.loader_workers and not cfg.force:
             raise ConfigError(f"--resume refused: the pil loader's sample order depends on its worker count, which "
                               f"was {was} and is {self.t.loader_workers} here; pass --workers {was}, or --force")
-        self.base_lrs = [g["lr"] for g in self.t.optimizer.param_groups]
+        # from the config, not the optimizer: a resumed optimizer's groups hold the last scheduled LR
+        self.base_lrs = [cfg.lr_head if g["name"].startswith("head") else cfg.lr_backbone
+                         for g in self.t.optimizer.param_groups]
         self.epoch, self.step_in_epoch = resume.get("epoch", 0), resume.get("step", 0)
         self.global_step, self.best_rmse = resume.get("global_step", 0), resume.get("best_rmse", math.inf)
         self.stats = self._resumed_stats(resume) if resume else EpochStats()
@@ -276,9 +287,12 @@ class Trainer:
 
     def _prepare_next_epoch(self, epoch: int):
         def build():
-            loader = self._train_loader(epoch)
-            prepare = getattr(loader, "prepare", None)  # optional: a loader that builds lazily has none
-            return prepare() if prepare else loader
+            # a new thread starts on cuda:0: give it this process's device
+            cuda = self.accelerator.device.type == "cuda"
+            with torch.cuda.device(self.accelerator.device) if cuda else contextlib.nullcontext():
+                loader = self._train_loader(epoch)
+                prepare = getattr(loader, "prepare", None)  # optional: a loader that builds lazily has none
+                return prepare() if prepare else loader
 
         if epoch < self.cfg.epochs:
             self.next_loader = (epoch, self.prefetch.submit(build))
@@ -305,11 +319,11 @@ class Trainer:
         self.t.train_model.train()
         it = iter(loader)
         for _ in range(self.step_in_epoch):  # resumed mid-epoch: the same stream, skipped to where it stopped
-            next(it)
+            next_batch(it, loader)
         step = self.step_in_epoch
         while step < n_batches:
             t0 = time.perf_counter()
-            batch = next(it)
+            batch = next_batch(it, loader)
             waited = time.perf_counter() - (t_start if step == self.step_in_epoch else t0)
             st.data_wait += waited
             if step == self.step_in_epoch:
@@ -356,7 +370,7 @@ class Trainer:
                 f"(global step {self.global_step}); stopping. The last good checkpoint is "
                 f"{last if last.exists() else 'not written yet'}; try a lower --lr-backbone/--lr-head or --precision fp32")
         self.log({"kind": "step", "epoch": epoch + 1, "step": step, "global_step": self.global_step,
-                  "stage": stage_name, "loss": window, "lr_backbone": self.t.optimizer.param_groups[0]["lr"]})
+                  "stage": stage_name, "loss": window, "lr_backbone": self.lr_of("backbone")})
         bar.set_postfix(loss=f"{window:.5f}")
         device_sums[1].zero_()
         st.window_count, st.window_start = 0, step
@@ -395,6 +409,9 @@ class Trainer:
         self.step_in_epoch = 0
         self.save_checkpoint(epoch + 1, 0, best=improved)
 
+    def lr_of(self, group: str) -> float | None:
+        return next((g["lr"] for g in self.t.optimizer.param_groups if g["name"] == group), None)
+
     def measure_ceiling(self) -> float | None:
         """Images/s of the real training step on synthetic tensors already on the device: the compute
         ceiling that the loader-fed rate is compared with. Its effects are undone (weights, buffers and
@@ -410,8 +427,9 @@ class Trainer:
         images = images.contiguous(memory_format=torch.channels_last)
         labels = torch.rand(t.micro_batch, 37, generator=gen).to(t.device)
         t.train_model.train()
-        for i in range(n + 2):  # two warm-up steps (and compilation), then n timed ones
-            if i == 2:
+        warmup = self.cfg.grad_accum + 1  # compilation and the optimizer's first step stay out of the timing
+        for i in range(n + warmup):
+            if i == warmup:
                 if acc.device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
@@ -569,6 +587,10 @@ def main(argv=None) -> int:
     except OSError as exc:  # a full disk, a folder we may not write: name the file and the cause
         print("train: error: " + _report(f"cannot write or read {exc.filename or 'a file'}: {exc.strerror or exc}; "
                                           f"the last checkpoint stays as it was"), file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError as exc:
+        print("train: error: " + _report(f"out of GPU memory ({first_line(exc)}); lower --batch-size (or raise "
+                                          f"--grad-accum to keep the global batch)"), file=sys.stderr)
         return 2
     except RuntimeError:
         # a collective broke because another rank stopped: say why it did. The launcher is already sending

@@ -278,3 +278,22 @@ def test_padded_eval_batches_have_one_shape_and_every_sample_once(name, synth_sh
             padded += b.images.shape[0] - len(b)
         assert shapes == {(16, 3, 32, 32)} and padded > 0
         assert len(ids) == len(set(ids)) == m.samples("val")
+
+
+def test_an_eval_pass_reads_each_batch_once(synth_shards, monkeypatch):
+    """The DALI eval pipeline is reused pass after pass: rewinding it must not decode a pass twice."""
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+    calls = []
+    real_next = DALIGenericIterator.__next__
+
+    def counting_next(self):
+        calls.append(1)
+        return real_next(self)
+
+    monkeypatch.setattr(DALIGenericIterator, "__next__", counting_next)
+    loader = make_loader("dali-cpu", manifest_of(synth_shards).paths("val"), train=False, batch_size=16, image_size=32,
+                         workers=1, pad_last_batch=True)
+    for _ in range(2):
+        assert sum(1 for _ in loader) == len(loader)
+    # per pass: the iterator's first batch (run when it is built, once), each batch, the StopIteration
+    assert len(calls) == 2 * (len(loader) + 1) + 1, (len(calls), len(loader))

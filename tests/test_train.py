@@ -287,3 +287,20 @@ def test_compiled_model_never_recompiles_after_the_first_train_and_eval_steps(sy
     assert after_epoch == [after_epoch[0]] * 3, graphs
     batches = {s[0] for shapes in graphs for s in shapes if len(s) == 4 and s[1:] == (3, 32, 32)}
     assert batches == {16}  # one batch shape, train and eval
+
+
+def test_resumed_learning_rates_come_from_the_config_and_logs_name_the_right_group(synth_shards, tmp_path):
+    """A cosine schedule leaves the optimizer's groups at a scaled LR: a resumed run must start from the
+    configured base LRs, not scale the scaled ones again; the logged lr_backbone is the backbone's."""
+    run = tmp_path / "cos"
+    args = tiny(synth_shards, run, "--epochs", "1", "--no-plot", "--lr-schedule", "cosine", "--lr-backbone", "1e-3",
+                "--lr-head", "2e-3", "--ceiling-probe", "0")
+    assert main(args) == 0
+    steps = records(run, "step")
+    # early in the cosine the head's LR is still near 2e-3: a logged value near it would be the head's
+    assert 0.9e-3 < steps[0]["lr_backbone"] <= 1e-3 and all(s["lr_backbone"] <= 1e-3 for s in steps)
+    cfg, state, _ = train_mod.resolve_config([*args, "--resume"], cuda=False)
+    assert max(g["lr"] for g in state["optimizer"]["param_groups"]) < 1e-4  # the end of the cosine
+    trainer = train_mod.Trainer(cfg, state)
+    named = {g["name"]: base for g, base in zip(trainer.t.optimizer.param_groups, trainer.base_lrs)}
+    assert named["head"] == 2e-3 and named["backbone"] == 1e-3
