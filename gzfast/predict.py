@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shard_tools.layout import PackedSet, shard_info, write_atomic
+from shard_tools.layout import PackedSet, is_remote, shard_info, write_atomic
 from shard_tools.schema import CSV_HEADER
 
 from .config import auto_loader
@@ -31,7 +31,15 @@ PROG = "predict"
 
 
 def test_shards(path: str | Path) -> list[str]:
-    """The test shards of `--shards`: OUT/test (or OUT, the packed set's root) or a folder of test tars."""
+    """The test shards of `--shards`: OUT/test (or OUT, the packed set's root) or a folder of test tars;
+    on object storage s3://bucket/prefix or s3://bucket/prefix/test."""
+    if is_remote(path):
+        root = str(path).rstrip("/")
+        root = root.removesuffix("/test")
+        paths = PackedSet.open(root).paths("test")
+        if not paths:
+            raise InferenceError(f"--shards {path}: the packed set at {root} holds no test shards")
+        return paths
     path = Path(path)
     if not path.is_dir():
         if path.name == "test" and (path.parent / "manifest.json").is_file():  # pack writes no test/ without test images

@@ -157,3 +157,25 @@ def test_wrong_credentials_an_unreachable_and_a_silent_store_end_in_one_line(s3,
         with pytest.raises(LayoutError, match="stopped answering"):
             PackedSet.open(s3)
         assert time.time() - t0 < 15
+
+
+def test_predict_and_evaluate_read_s3(s3, synth_shards, tmp_path):
+    """A run trained on the s3:// set predicts its test shards and evaluates its val shards from there, with
+    the ids of the local copy."""
+    import csv
+
+    from gzfast import evaluate, predict
+    run = tmp_path / "run"
+    assert main(["--shards", s3, "--out", str(run), *TINY, "--loader", "dali-cpu", "--epochs", "1"]) == 0
+    for shards in (f"{s3}/test", s3):
+        out = tmp_path / "submission.csv"
+        assert predict.main(["--run", str(run), "--shards", shards, "--out", str(out), "--tta", "1",
+                             "--loader", "dali-cpu"]) == 0
+        ids = sorted(int(row["GalaxyID"]) for row in csv.DictReader(out.open()))
+        local = PackedSet.open(synth_shards)
+        expected = sorted(int(b) for b in torch.cat([b.ids for b in make_loader(
+            "dali-cpu", local.paths("test"), train=False, batch_size=16, image_size=32)]).tolist())
+        assert ids == expected
+    assert evaluate.main(["--run", str(run), "--shards", s3, "--tta", "1", "--loader", "dali-cpu", "--no-plot"]) == 0
+    report = __import__("json").loads((run / "eval.json").read_text())
+    assert report["shards"].startswith("s3://") and SECRET not in (run / "eval.json").read_text()
