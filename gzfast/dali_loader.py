@@ -47,6 +47,9 @@ class DALILoader:
         # a CPU graph feeding a GPU run hands over uint8 and normalizes on the device
         self.normalize_in_graph = decode_on_gpu or spec.device.type == "cpu"
         total = spec.total_samples
+        if spec.world_size > total:  # DALI's reader cannot make more shards than samples
+            raise LoaderError(f"{total} samples cannot be split over {spec.world_size} processes by DALI; use fewer "
+                              f"processes or --loader pil")
         if spec.train:
             self.n_samples = total // spec.world_size  # the same on every rank, so no rank waits on another
         else:

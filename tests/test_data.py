@@ -297,3 +297,21 @@ def test_an_eval_pass_reads_each_batch_once(synth_shards, monkeypatch):
         assert sum(1 for _ in loader) == len(loader)
     # per pass: the iterator's first batch (run when it is built, once), each batch, the StopIteration
     assert len(calls) == 2 * (len(loader) + 1) + 1, (len(calls), len(loader))
+
+
+@pytest.mark.parametrize("name", CPU_LOADERS)
+def test_a_rank_with_nothing_to_evaluate_takes_part_with_an_empty_slice(name, synth_shards):
+    """Two processes, one validation shard: pil splits by shard, so one rank has nothing (DALI splits by
+    sample); each rank's loader says so by its length, and together they read every sample once."""
+    m = manifest_of(synth_shards)
+    one_shard = m.paths("val")[:1]
+    n = m.select("val")[0].samples
+    world = 2
+    ids = []
+    for rank in range(world):
+        loader = make_loader(name, one_shard, train=False, batch_size=8, image_size=32, rank=rank, world_size=world,
+                             workers=1, pad_last_batch=True)
+        got = [b.ids[:len(b)] for b in loader]
+        assert len(got) == len(loader)
+        ids += torch.cat(got).tolist() if got else []
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == n
