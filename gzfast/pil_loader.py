@@ -138,7 +138,9 @@ class PILLoader:
                             workersplitter=wds.split_by_worker, empty_check=False)
         if s.train:
             # endless: a rank whose shards hold fewer samples than its share (len()) goes round again
-            ds = ds.repeat().shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, seed=s.stream_seed())
+            # a buffer no larger than the rank's share: filling it never reads into a second pass
+            buffer = max(1, min(s.shuffle_buffer, self.n_batches * s.batch_size))
+            ds = ds.repeat().shuffle(buffer, initial=buffer, seed=s.stream_seed())
         return ds.map(_Decode(s))
 
     def __iter__(self):
