@@ -24,8 +24,8 @@ HEADS = ("sigmoid", "tree")
 # Keys that may differ between a run and its resumption without changing what it computes.
 # Run control: how this invocation runs, not what it computes. Never saved (config.json, checkpoints).
 RUN_CONTROL = {"resume", "force", "plot", "ceiling_probe", "verify_shards"}
-# Keys that may differ between a run and its resumption without changing what it computes (the pil
-# loader's order depends on its worker count: the trainer checks that one itself).
+# Keys that may differ between a run and its resumption without changing what it computes (streaming from
+# object storage, the pil loader's order depends on its worker count: the trainer checks that one itself).
 RESUME_FREE = RUN_CONTROL | {"out", "log_every", "workers"}
 
 

@@ -1,8 +1,8 @@
-"""The study-style baseline: webdataset + torch DataLoader workers + PIL, with DALI's geometry.
+"""The PyTorch/PIL loader, with DALI's geometry at the output's resolution.
 
-Shards are split across ranks (`shards[rank::world]`) and across workers by webdataset. Per-sample
-augmentation is seeded by (seed, epoch, GalaxyID), so it does not depend on worker scheduling. `s3://`
-shards are streamed through boto3 (`register_s3_opener`).
+Local shards are read sample by sample at their `.idx` offsets (`IndexedPILLoader`); `s3://` shards are
+streamed through webdataset and boto3 (`PILLoader`, `register_s3_opener`). Per-sample augmentation is
+seeded by (seed, epoch, GalaxyID), so it depends on neither worker count nor scheduling.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shard_tools.layout import IMAGE_SIDE, is_remote
+from shard_tools.layout import IMAGE_SIDE, is_remote, read_index
 
 from .data import Batch, LoaderError, LoaderSpec, batch_count, normalize_on_device
 
@@ -101,7 +101,100 @@ class _Decode:
         return out
 
 
+class _IndexedSamples(torch.utils.data.Dataset):
+    """Sample i of a list of local shards, read at its `.idx` offsets (no tar parsing) and decoded."""
+
+    def __init__(self, paths: list[str], entries: np.ndarray, spec: LoaderSpec):
+        self.paths, self.entries, self.spec = paths, entries, spec
+        self.files: dict[int, int] = {}  # opened lazily, so each worker process has its own descriptors
+
+    def __len__(self):
+        return len(self.entries)
+
+    def _read(self, shard: int, offset: int, size: int) -> bytes:
+        if shard not in self.files:
+            self.files[shard] = os.open(self.paths[shard], os.O_RDONLY)
+        return os.pread(self.files[shard], size, offset)
+
+    def __getitem__(self, i):
+        shard, jpg_offset, jpg_size, f32_offset, gid = (int(v) for v in self.entries[i])
+        try:
+            image = pil_transform(self._read(shard, jpg_offset, jpg_size), gid, self.spec)
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... on bad data
+            raise LoaderError(f"{self.paths[shard]}: sample {gid} does not decode ({exc})") from None
+        out = {"images": torch.from_numpy(image.copy()), "ids": torch.tensor(gid, dtype=torch.int64)}
+        if f32_offset >= 0:
+            out["labels"] = torch.from_numpy(np.frombuffer(self._read(shard, f32_offset, 148), "<f4").copy())
+        return out
+
+    def __del__(self):
+        for fd in self.files.values():
+            os.close(fd)
+
+
+class IndexedPILLoader:
+    """The pil loader over local shards. Samples are read at their `.idx` offsets and their order depends
+    on (seed, epoch) alone: train mode shuffles the whole epoch (so tiers mix from the first batch) and
+    gives each rank an equal share; eval mode keeps the list's order, each rank a contiguous slice (as
+    DALI splits). Decoding happens in the training process (`workers` 0) or in DataLoader workers, whose
+    number does not change the stream."""
+
+    def __init__(self, spec: LoaderSpec):
+        self.spec = spec
+        rows = []
+        for k, shard in enumerate(spec.shards):
+            for sample in read_index(shard.index):
+                parts = {e.ext: e for e in sample}
+                f32 = parts["f32"].offset if "f32" in parts else -1
+                rows.append((k, parts["jpg"].offset, parts["jpg"].size, f32, int(sample[0].key)))
+        entries = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        total, world, bs = len(entries), spec.world_size, spec.batch_size
+        if spec.train:
+            share = total // world
+            order = np.random.default_rng([spec.seed, spec.epoch, 29]).permutation(total)  # the same on every rank
+            mine = order[spec.rank * share:(spec.rank + 1) * share]
+            self.batches = [mine[i:i + bs].tolist() for i in range(0, share - bs + 1, bs)]
+            if not self.batches:
+                raise LoaderError(f"no full batch of {bs} in {total} samples on {world} process(es)")
+        else:
+            mine = np.arange(total * spec.rank // world, total * (spec.rank + 1) // world)
+            self.batches = [mine[i:i + bs].tolist() for i in range(0, len(mine), bs)]
+        self.dataset = _IndexedSamples([sh.path for sh in spec.shards], entries, spec)
+        workers = spec.workers if spec.workers is not None else min(os.cpu_count() or 1, 8)
+        self.workers = max(0, min(workers, len(self.batches)))
+
+    def __len__(self):
+        return len(self.batches)
+
+    def prepare(self) -> IndexedPILLoader:
+        """Nothing to build ahead: the workers start when iteration does (fork is cheap)."""
+        return self
+
+    def __iter__(self):
+        if not self.batches:
+            return
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batches, num_workers=self.workers,
+                                             multiprocessing_context="fork" if self.workers else None)
+        yield from _to_batches(_reraise_as_loader_error(loader), self.spec)
+
+
+def _to_batches(collated, spec: LoaderSpec):
+    """Collated dicts -> Batch on the device (padded to one shape when asked)."""
+    for b in collated:
+        valid = None
+        if spec.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
+            valid, short = len(b["ids"]), spec.batch_size - len(b["ids"])
+            b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()
+                 if isinstance(v, torch.Tensor)}  # webdataset adds __key__ (strings)
+        # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
+        labels = b["labels"].to(spec.device, non_blocking=True) if "labels" in b else None
+        yield Batch(images=normalize_on_device(b["images"], spec), labels=labels, ids=b["ids"], valid=valid)
+
+
 class PILLoader:
+    """The pil loader over shards on object storage: streamed through webdataset, split across ranks by
+    shard and across workers by webdataset, shuffled in a buffer."""
+
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
         rank_shards = spec.shards[spec.rank::spec.world_size]
@@ -148,15 +241,8 @@ class PILLoader:
         loader = torch.utils.data.DataLoader(self._dataset(), batch_size=s.batch_size, num_workers=self.workers,
                                              drop_last=s.train, persistent_workers=False,
                                              multiprocessing_context="fork" if self.workers else None)
-        for _, b in zip(range(self.n_batches), _reraise_as_loader_error(loader)):
-            valid = None
-            if s.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
-                valid, short = len(b["ids"]), s.batch_size - len(b["ids"])
-                b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()
-                     if isinstance(v, torch.Tensor)}  # webdataset adds __key__ (strings)
-            # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
-            labels = b["labels"].to(s.device, non_blocking=True) if "labels" in b else None
-            yield Batch(images=normalize_on_device(b["images"], s), labels=labels, ids=b["ids"], valid=valid)
+        batches = (b for _, b in zip(range(self.n_batches), _reraise_as_loader_error(loader)))
+        yield from _to_batches(batches, s)
 
 
 def _reraise_as_loader_error(batches):

@@ -35,7 +35,7 @@ from gzfast.curriculum import ScheduleError, check_schedule, parse_schedule, sha
 from gzfast.data import LoaderError, make_loader
 from gzfast.labels import read_labels
 from gzfast.metrics import evaluation_report, rmse
-from shard_tools.layout import LayoutError, PackedSet
+from shard_tools.layout import LayoutError, PackedSet, is_remote
 
 # Fields of metrics.jsonl that measure time; everything else is reproducible given the seed.
 TIMING_KEYS = {"time", "epoch_time", "data_wait", "first_batch_wait", "compute_time", "eval_time", "images_per_s",
@@ -165,7 +165,8 @@ class Trainer:
         resume = resume_state or {}
         self.t: Training = build_training(cfg, acc, resume.get("model"), resume.get("optimizer"))
         was = resume.get("loader_workers", self.t.loader_workers)
-        if cfg.loader == "pil" and was != self.t.loader_workers and not cfg.force:
+        # streamed from object storage, the pil loader's order depends on its worker count (local: it does not)
+        if cfg.loader == "pil" and is_remote(cfg.shards) and was != self.t.loader_workers and not cfg.force:
             raise ConfigError(f"--resume refused: the pil loader's sample order depends on its worker count, which "
                               f"was {was} and is {self.t.loader_workers} here; pass --workers {was}, or --force")
         # from the config, not the optimizer: a resumed optimizer's groups hold the last scheduled LR

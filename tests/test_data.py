@@ -315,3 +315,16 @@ def test_a_rank_with_nothing_to_evaluate_takes_part_with_an_empty_slice(name, sy
         assert len(got) == len(loader)
         ids += torch.cat(got).tolist() if got else []
     assert sorted(ids) == sorted(set(ids)) and len(ids) == n
+
+
+def test_the_pil_stream_does_not_depend_on_the_worker_count(synth_shards):
+    """Local shards are read by index in an order fixed by (seed, epoch): 0, 1 or 2 workers, the same batches."""
+    paths = manifest_of(synth_shards).paths("train")
+    streams = []
+    for workers in (0, 1, 2):
+        loader = make_loader("pil", paths, train=True, batch_size=8, image_size=32, seed=3, epoch=1, workers=workers)
+        imgs, _, ids = collect(loader)
+        streams.append((torch.cat(ids).tolist(), torch.cat(imgs)))
+    for ids, imgs in streams[1:]:
+        assert ids == streams[0][0] and torch.equal(imgs, streams[0][1])
+    assert sorted(streams[0][0]) != streams[0][0]  # shuffled
