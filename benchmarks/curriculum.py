@@ -203,8 +203,8 @@ def record_plan(out: Path, plan: dict, old: dict | None):
         if old.get("data_fingerprint") != plan["data_fingerprint"]:
             raise ExperimentError(f"--out {out} holds an experiment on other shards; pick another --out")
         was = old.get("settings", {})
-        diff = ", ".join(f"{k}: {was.get(k)!r} -> {v!r}" for k, v in plan["settings"].items() if was.get(k) != v)
-        diff += ", ".join(f"{k}: {v!r} -> (unset)" for k, v in was.items() if k not in plan["settings"])
+        diff = ", ".join([f"{k}: {was.get(k)!r} -> {v!r}" for k, v in plan["settings"].items() if was.get(k) != v]
+                         + [f"{k}: {v!r} -> (unset)" for k, v in was.items() if k not in plan["settings"]])
         if diff:
             raise ExperimentError(f"--out {out} holds an experiment with other settings ({diff}); pick another --out, "
                                   f"or continue it with its own settings")

@@ -93,13 +93,15 @@ def test_verdict_compares_the_difference_with_the_seed_spread(tmp_path):
 
 # --- refusals (one line, exit 2, nothing trained) -------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["schedule", "shards", "foreign", "own_flag", "trainer_flag", "seeds", "config"])
+@pytest.mark.parametrize("case", ["schedule", "shards", "foreign", "own_flag", "trainer_flag", "seeds", "config",
+                                  "other_settings", "other_shards"])
 def test_bad_input_is_one_line_and_exit_2(case, synth_shards, tmp_path, capsys):
     out = tmp_path / "exp"
     args = ["--shards", str(synth_shards), "--out", str(out), "--quick"]
     expect = {"schedule": "unknown tier 'hihg'", "shards": "no manifest", "foreign": "not an experiment's (notes.txt)",
               "own_flag": "--out, --seed after `--`", "trainer_flag": "choose from tensorboard", "seeds": "--seeds 0",
-              "config": "unknown key 'epoch'"}[case]
+              "config": "unknown key 'epoch'", "other_settings": "other settings (model: 'convnext_atto' -> 'resnet10t'",
+              "other_shards": "an experiment on other shards"}[case]
     if case == "schedule":
         args += ["--schedules", "all:3;hihg:1,all:2"]
     elif case == "shards":
@@ -116,6 +118,12 @@ def test_bad_input_is_one_line_and_exit_2(case, synth_shards, tmp_path, capsys):
     elif case == "config":
         (tmp_path / "bad.yaml").write_text("epoch: 5\n")
         args += ["--config", str(tmp_path / "bad.yaml")]
+    elif case in ("other_settings", "other_shards"):  # --out holds another experiment: continuing it is refused
+        out.mkdir()
+        plan = {"settings": {"model": "convnext_atto"}, "data_fingerprint": exp.PackedSet.open(synth_shards).fingerprint}
+        if case == "other_shards":
+            plan["data_fingerprint"] = "another set"
+        (out / "experiment.json").write_text(json.dumps(plan))
     assert exp.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("curriculum: error: ") and expect in err and err.count("\n") == 1, err
