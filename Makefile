@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 RUN_CONFIG ?= gzfast/configs/cpu_small.yaml
 RUN_ARGS ?=
 
-.PHONY: venv shards verify lint test test-fast run gpu-check gpu-data clean
+.PHONY: venv shards verify lint test test-fast run compare gpu-check gpu-data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +49,24 @@ test-fast: $(INSTALL)
 # accelerate launch sets OMP_NUM_THREADS=1 unless told: give torch every core for this CPU job.
 THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
+LAUNCH = $(PY) -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no \
+	--dynamo_backend no --num_cpu_threads_per_process $(THREADS)
+
 run: shards
-	$(PY) -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no \
-		--dynamo_backend no --num_cpu_threads_per_process $(THREADS) \
-		gzfast/train.py --config $(RUN_CONFIG) --curriculum --shards $(OUT) $(RUN_ARGS)
+	$(LAUNCH) gzfast/train.py --config $(RUN_CONFIG) --curriculum --shards $(OUT) $(RUN_ARGS)
+
+# The curriculum experiment on the CPU: make run's recipe (25 epochs), 2 seeds, three schedules: plain; the
+# default curriculum at 25 epochs (20/20/60 %, what `--curriculum` gives); and the study's direct high -> all,
+# with the same 5-epoch high stage, so it differs from the default only by skipping high+medium. Each run is
+# launched as make run launches it. Run again with the same COMPARE_OUT, it continues where it stopped.
+COMPARE_OUT ?= runs/compare
+COMPARE_SEEDS ?= 2
+COMPARE_SCHEDULES ?= all:25;high:5,high+medium:5,all:15;high:5,all:20
+COMPARE_ARGS ?=
+
+compare: shards
+	$(PY) benchmarks/curriculum.py --shards $(OUT) --config $(RUN_CONFIG) --seeds $(COMPARE_SEEDS) \
+		--schedules "$(COMPARE_SCHEDULES)" --out $(COMPARE_OUT) --launch "$(LAUNCH)" $(COMPARE_ARGS)
 
 # The GPU machine has torch but no package index and no venv: the check runs on its python3, and DALI
 # comes as the bundle in ../dali-parts (see benchmarks/gpu_check.py). `make gpu-data` first copies the real

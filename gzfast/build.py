@@ -63,8 +63,11 @@ def create_model(cfg: TrainConfig) -> GZ2Model:
 
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
+    trackers = cfg.trackers()
+    # project_dir: file-based trackers (tensorboard) write under the run folder, RUN/gzfast/
     return Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-                       gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+                       gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
+                       log_with=trackers or None, project_dir=cfg.out if trackers else None)
 
 
 def build_training(cfg: TrainConfig, accelerator=None, model_state: dict | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import time
 import typing
@@ -23,7 +24,7 @@ HEADS = ("sigmoid", "tree")
 
 # Keys that may differ between a run and its resumption without changing what it computes.
 # Run control: how this invocation runs, not what it computes. Never saved (config.json, checkpoints).
-RUN_CONTROL = {"resume", "force", "plot", "ceiling_probe", "verify_shards"}
+RUN_CONTROL = {"resume", "force", "plot", "ceiling_probe", "verify_shards", "log_with"}
 # Keys that may differ between a run and its resumption without changing what it computes (streaming from
 # object storage, the pil loader's order depends on its worker count: the trainer checks that one itself).
 RESUME_FREE = RUN_CONTROL | {"out", "log_every", "workers"}
@@ -32,6 +33,9 @@ RESUME_FREE = RUN_CONTROL | {"out", "log_every", "workers"}
 # What config.json records about the launch (the trainer adds them): not settings, so a config file may
 # carry them and they are ignored.
 LAUNCH_FACTS = {"world_size", "per_process_batch"}
+
+# --log-with: Accelerate's tracker name -> the package it needs (optional extras, pyproject `trackers`).
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 class ConfigError(ValueError):
@@ -90,6 +94,11 @@ class TrainConfig:
         "help": "check the shards trained on at start: quick (sizes, counts, indexes) or full (also sha256)"})
     ceiling_probe: int = field(default=5, metadata={
         "help": "steps on synthetic tensors at start that measure the compute ceiling (undone; 0: off)"})
+    log_with: str | None = field(default=None, metadata={
+        "help": f"also log metrics to Accelerate trackers ({', '.join(TRACKERS)}; comma-separated); metrics.jsonl is always written"})
+
+    def trackers(self) -> list[str]:
+        return [t.strip() for t in (self.log_with or "").split(",") if t.strip()]
 
     # --- derived -----------------------------------------------------------------------------------
     def schedule_text(self) -> str:
@@ -154,6 +163,11 @@ class TrainConfig:
         need(self.ceiling_probe >= 0, "ceiling_probe must be >= 0")
         need(not self.force or self.resume, "--force only makes sense with --resume")
         need(self.freeze_stages is None or self.freeze_stages >= 0, "freeze_stages must be >= 0")
+        for tracker in self.trackers():
+            need(tracker in TRACKERS, f"--log-with {tracker}: choose from {', '.join(TRACKERS)}")
+            # checked before the Accelerator exists: Accelerate itself would only warn and log nothing
+            need(importlib.util.find_spec(TRACKERS[tracker]) is not None,
+                 f"--log-with {tracker} needs the {TRACKERS[tracker]} package (pip install {TRACKERS[tracker]})")
         try:
             parse_schedule(self.schedule_text(), self.epochs)
         except ScheduleError as exc:

@@ -42,6 +42,33 @@ TIMING_KEYS = {"time", "epoch_time", "data_wait", "first_batch_wait", "compute_t
                "ceiling_images_per_s", "of_ceiling"}
 
 
+TRACKER_PROJECT = "gzfast"  # the project (mlflow experiment, wandb project) and tensorboard's folder in RUN
+
+
+def tracker_values(record: dict) -> dict:
+    """A metrics.jsonl record as tracker scalars: `kind/field` for every number, nested dicts (per
+    question, per tier) flattened to `kind/field/key`; text fields (the stage name) are left out, the
+    epoch record's `stage_index` says the same."""
+    out = {}
+
+    def add(key, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                add(f"{key}/{k}", v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+
+    for k, v in record.items():
+        if k != "kind":
+            add(f"{record['kind']}/{k}", v)
+    return out
+
+
+def tracker_config(cfg: TrainConfig) -> dict:
+    """The config as hyperparameters: tensorboard's hparams take only numbers, text and booleans."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()}
+
+
 class TrainingStopped(Exception):
     """Training cannot go on (diverged loss); the message says where and why."""
 
@@ -179,6 +206,7 @@ class Trainer:
             self._truncate_metrics(resume["metrics_lines"])
             ckpt.set_rng_state(resume["rng"])
         self.stop_signal = None
+        self.tracking = False  # trackers started (fit)
         self.start_time = time.time() - resume.get("elapsed", 0.0)
         self.metrics_lines = self._count_metrics_lines()
         self.val_loader = None
@@ -213,6 +241,8 @@ class Trainer:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         self.metrics_lines += 1
+        if self.tracking:  # the same fields, to the trackers; metrics.jsonl stays the source of truth
+            self.accelerator.log(tracker_values(record), step=self.global_step)
 
     def lr_factor(self, epoch_progress: float) -> float:
         """Multiplier of the base LRs at a fractional epoch (warm-up, then constant or cosine)."""
@@ -489,6 +519,11 @@ class Trainer:
             if self.is_main:
                 print(f"{self.run_dir}: already trained for {cfg.epochs} epochs; nothing to do")
             return 0
+        if self.cfg.trackers():
+            name = self.run_dir.name
+            self.accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(cfg),
+                                           init_kwargs={"wandb": {"name": name}, "mlflow": {"run_name": name}})
+            self.tracking = True
         self.ceiling = self.measure_ceiling()
         if self.is_main and self.ceiling:
             print(f"compute ceiling: {self.ceiling:,.0f} img/s (the training step on synthetic tensors)", flush=True)
@@ -509,6 +544,8 @@ class Trainer:
             for s, h in old.items():
                 signal.signal(s, h)
             self.prefetch.shutdown(wait=True, cancel_futures=True)
+            if self.tracking:
+                self.accelerator.end_training()
         if self.is_main:
             self.summary()
         return 0
