@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shard_tools.layout import IMAGE_SIDE, LayoutError, ShardInfo, is_remote, shard_info
+from shard_tools.layout import IMAGE_SIDE, LayoutError, ShardInfo, shard_info
 
 LOADERS = ("dali-gpu", "dali-cpu", "pil")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -137,8 +137,8 @@ def make_loader(name: str, shard_paths, *, train: bool, batch_size: int, image_s
                       epoch, workers, zoom, shift, labelled.pop(), shuffle_buffer, pad_last_batch and not train,
                       device, dtype)
     if name == "pil":
-        from .pil_loader import IndexedPILLoader, PILLoader
-        return PILLoader(spec) if any(is_remote(p) for p in paths) else IndexedPILLoader(spec)
+        from .pil_loader import PILLoader
+        return PILLoader(spec)
     from .dali_loader import DALILoader
     return DALILoader(spec, decode_on_gpu=name == "dali-gpu")
 

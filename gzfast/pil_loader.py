@@ -1,22 +1,23 @@
 """The PyTorch/PIL loader, with DALI's geometry at the output's resolution.
 
-Local shards are read sample by sample at their `.idx` offsets (`IndexedPILLoader`); `s3://` shards are
-streamed through webdataset and boto3 (`PILLoader`, `register_s3_opener`). Per-sample augmentation is
-seeded by (seed, epoch, GalaxyID), so it depends on neither worker count nor scheduling.
+Samples are read at their `.idx` offsets (local shards by pread; a shard on object storage fetched whole
+with boto3), in an order fixed by (seed, epoch). Per-sample augmentation is seeded by (seed, epoch,
+GalaxyID), so the stream depends on neither the worker count nor scheduling.
 """
 from __future__ import annotations
 
 import io
 import math
 import os
+from collections import OrderedDict
 
 import numpy as np
 import torch
 from PIL import Image
 
-from shard_tools.layout import IMAGE_SIDE, is_remote, read_index
+from shard_tools.layout import IMAGE_SIDE, LayoutError, is_remote, read_all, read_index
 
-from .data import Batch, LoaderError, LoaderSpec, batch_count, normalize_on_device
+from .data import Batch, LoaderError, LoaderSpec, normalize_on_device
 
 
 def dct_scale(spec: LoaderSpec) -> int:
@@ -73,53 +74,40 @@ def pil_transform(jpg: bytes, gid: int, spec: LoaderSpec) -> np.ndarray:
     return np.asarray(img)
 
 
-def register_s3_opener():
-    """webdataset opens URLs through its `gopen_schemes` table, which has no `s3`: add a streamed boto3 GET
-    (endpoint and credentials from the AWS_* variables). The workers inherit it by fork."""
-    import importlib
-
-    from shard_tools import objstore
-    importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = objstore.gopen_s3
-
-
-class _Decode:
-    """Picklable per-sample map for the workers."""
-
-    def __init__(self, spec: LoaderSpec):
-        self.spec = spec
-
-    def __call__(self, sample):
-        gid = int(np.frombuffer(sample["i64"], "<i8")[0])
-        try:
-            image = pil_transform(sample["jpg"], gid, self.spec)
-        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... on bad data
-            raise LoaderError(f"{sample.get('__url__', '?')}: sample {sample.get('__key__', gid)} does not decode "
-                              f"({exc})") from None
-        out = {"images": torch.from_numpy(image.copy()), "ids": torch.tensor(gid, dtype=torch.int64)}
-        if self.spec.labelled:
-            out["labels"] = torch.from_numpy(np.frombuffer(sample["f32"], "<f4").copy())
-        return out
-
-
 class _IndexedSamples(torch.utils.data.Dataset):
-    """Sample i of a list of local shards, read at its `.idx` offsets (no tar parsing) and decoded."""
+    """Sample i of a list of shards, read at its `.idx` offsets (no tar parsing) and decoded. A shard on
+    object storage is fetched whole, once, and kept while its samples are being read (the order visits a
+    few shards at a time: `shuffle_groups`)."""
 
     def __init__(self, paths: list[str], entries: np.ndarray, spec: LoaderSpec):
         self.paths, self.entries, self.spec = paths, entries, spec
         self.files: dict[int, int] = {}  # opened lazily, so each worker process has its own descriptors
+        self.fetched: OrderedDict[int, bytes] = OrderedDict()
 
     def __len__(self):
         return len(self.entries)
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
+        path = self.paths[shard]
+        if is_remote(path):
+            if shard not in self.fetched:
+                self.fetched[shard] = read_all(path)
+                while len(self.fetched) > REMOTE_SHARDS_KEPT:
+                    self.fetched.popitem(last=False)
+            self.fetched.move_to_end(shard)
+            return self.fetched[shard][offset:offset + size]
         if shard not in self.files:
-            self.files[shard] = os.open(self.paths[shard], os.O_RDONLY)
+            self.files[shard] = os.open(path, os.O_RDONLY)
         return os.pread(self.files[shard], size, offset)
 
     def __getitem__(self, i):
         shard, jpg_offset, jpg_size, f32_offset, gid = (int(v) for v in self.entries[i])
         try:
-            image = pil_transform(self._read(shard, jpg_offset, jpg_size), gid, self.spec)
+            jpg = self._read(shard, jpg_offset, jpg_size)
+        except (LayoutError, OSError) as exc:
+            raise LoaderError(f"{self.paths[shard]}: cannot read sample {gid} ({exc})") from None
+        try:
+            image = pil_transform(jpg, gid, self.spec)
         except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... on bad data
             raise LoaderError(f"{self.paths[shard]}: sample {gid} does not decode ({exc})") from None
         out = {"images": torch.from_numpy(image.copy()), "ids": torch.tensor(gid, dtype=torch.int64)}
@@ -132,17 +120,35 @@ class _IndexedSamples(torch.utils.data.Dataset):
             os.close(fd)
 
 
-class IndexedPILLoader:
-    """The pil loader over local shards. Samples are read at their `.idx` offsets and their order depends
-    on (seed, epoch) alone: train mode shuffles the whole epoch (so tiers mix from the first batch) and
-    gives each rank an equal share; eval mode keeps the list's order, each rank a contiguous slice (as
-    DALI splits). Decoding happens in the training process (`workers` 0) or in DataLoader workers, whose
-    number does not change the stream."""
+REMOTE_SHARDS_KEPT = 16  # per process: a shuffle group's shards (4,096 samples in shards of 500) and more
+
+
+def shuffle_groups(shard_sizes: list[int], buffer: int) -> list[list[int]]:
+    """Consecutive shards grouped until a group holds at least `buffer` samples: the train order shuffles
+    within a group, like DALI's reader shuffles within its buffer (the shard list is already interleaved
+    by tier), so tiers mix from the first batch while only a few shards are being read at a time."""
+    groups, current, count = [], [], 0
+    for k, n in enumerate(shard_sizes):
+        current.append(k)
+        count += n
+        if count >= buffer:
+            groups.append(current)
+            current, count = [], 0
+    return groups + ([current] if current else [])
+
+
+class PILLoader:
+    """The pil loader. Samples are read at their `.idx` offsets and their order depends on (seed, epoch)
+    alone: train mode shuffles within groups of shards holding `shuffle_buffer` samples, and gives each
+    rank an equal contiguous share of that order; eval mode keeps the list's order, each rank a contiguous
+    slice (as DALI splits). Decoding happens in the training process (`workers` 0) or in DataLoader
+    workers, whose number does not change the stream."""
 
     def __init__(self, spec: LoaderSpec):
         self.spec = spec
-        rows = []
+        rows, first = [], []
         for k, shard in enumerate(spec.shards):
+            first.append(len(rows))
             for sample in read_index(shard.index):
                 parts = {e.ext: e for e in sample}
                 f32 = parts["f32"].offset if "f32" in parts else -1
@@ -151,8 +157,12 @@ class IndexedPILLoader:
         total, world, bs = len(entries), spec.world_size, spec.batch_size
         if spec.train:
             share = total // world
-            order = np.random.default_rng([spec.seed, spec.epoch, 29]).permutation(total)  # the same on every rank
-            mine = order[spec.rank * share:(spec.rank + 1) * share]
+            sizes = [sh.samples for sh in spec.shards]
+            order = []
+            for g, group in enumerate(shuffle_groups(sizes, spec.shuffle_buffer)):
+                members = np.concatenate([np.arange(first[k], first[k] + sizes[k]) for k in group])
+                order.append(np.random.default_rng([spec.seed, spec.epoch, 29, g]).permutation(members))
+            mine = np.concatenate(order)[spec.rank * share:(spec.rank + 1) * share]  # the same order on every rank
             self.batches = [mine[i:i + bs].tolist() for i in range(0, share - bs + 1, bs)]
             if not self.batches:
                 raise LoaderError(f"no full batch of {bs} in {total} samples on {world} process(es)")
@@ -166,7 +176,7 @@ class IndexedPILLoader:
     def __len__(self):
         return len(self.batches)
 
-    def prepare(self) -> IndexedPILLoader:
+    def prepare(self) -> PILLoader:
         """Nothing to build ahead: the workers start when iteration does (fork is cheap)."""
         return self
 
@@ -175,74 +185,15 @@ class IndexedPILLoader:
             return
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batches, num_workers=self.workers,
                                              multiprocessing_context="fork" if self.workers else None)
-        yield from _to_batches(_reraise_as_loader_error(loader), self.spec)
-
-
-def _to_batches(collated, spec: LoaderSpec):
-    """Collated dicts -> Batch on the device (padded to one shape when asked)."""
-    for b in collated:
-        valid = None
-        if spec.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
-            valid, short = len(b["ids"]), spec.batch_size - len(b["ids"])
-            b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()
-                 if isinstance(v, torch.Tensor)}  # webdataset adds __key__ (strings)
-        # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
-        labels = b["labels"].to(spec.device, non_blocking=True) if "labels" in b else None
-        yield Batch(images=normalize_on_device(b["images"], spec), labels=labels, ids=b["ids"], valid=valid)
-
-
-class PILLoader:
-    """The pil loader over shards on object storage: streamed through webdataset, split across ranks by
-    shard and across workers by webdataset, shuffled in a buffer."""
-
-    def __init__(self, spec: LoaderSpec):
-        self.spec = spec
-        rank_shards = spec.shards[spec.rank::spec.world_size]
-        if spec.train and not rank_shards:  # more ranks than shards: every rank still trains its share
-            rank_shards = [spec.shards[spec.rank % len(spec.shards)]]
-        self.rank_paths = [sh.path for sh in rank_shards]
-        counts = [sh.samples for sh in rank_shards]
-        workers = spec.workers if spec.workers is not None else min(os.cpu_count() or 1, 8)
-        self.workers = max(0, min(workers, len(self.rank_paths)))
-        if spec.train:
-            per_rank = spec.total_samples // spec.world_size  # same on every rank, as with DALI
-            self.n_batches = batch_count(per_rank, spec.batch_size, True)
-            if self.n_batches == 0:
-                raise LoaderError(f"no full batch of {spec.batch_size} in {spec.total_samples} samples")
-        else:  # each worker batches its own shards: count the partial batch of every worker
-            k = max(self.workers, 1)
-            self.n_batches = sum(math.ceil(sum(counts[w::k]) / spec.batch_size) for w in range(k))
-
-    def __len__(self):
-        return self.n_batches
-
-    def prepare(self) -> PILLoader:
-        """Nothing to build ahead: the workers start when iteration does (fork is cheap)."""
-        return self
-
-    def _dataset(self):
-        import webdataset as wds
         s = self.spec
-        if not self.rank_paths:
-            return []
-        if any(is_remote(p) for p in self.rank_paths):
-            register_s3_opener()
-        ds = wds.WebDataset(self.rank_paths, shardshuffle=False, nodesplitter=None,
-                            workersplitter=wds.split_by_worker, empty_check=False)
-        if s.train:
-            # endless: a rank whose shards hold fewer samples than its share (len()) goes round again
-            # a buffer no larger than the rank's share: filling it never reads into a second pass
-            buffer = max(1, min(s.shuffle_buffer, self.n_batches * s.batch_size))
-            ds = ds.repeat().shuffle(buffer, initial=buffer, seed=s.stream_seed())
-        return ds.map(_Decode(s))
-
-    def __iter__(self):
-        s = self.spec
-        loader = torch.utils.data.DataLoader(self._dataset(), batch_size=s.batch_size, num_workers=self.workers,
-                                             drop_last=s.train, persistent_workers=False,
-                                             multiprocessing_context="fork" if self.workers else None)
-        batches = (b for _, b in zip(range(self.n_batches), _reraise_as_loader_error(loader)))
-        yield from _to_batches(batches, s)
+        for b in _reraise_as_loader_error(loader):
+            valid = None
+            if s.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
+                valid, short = len(b["ids"]), s.batch_size - len(b["ids"])
+                b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()}
+            # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
+            labels = b["labels"].to(s.device, non_blocking=True) if "labels" in b else None
+            yield Batch(images=normalize_on_device(b["images"], s), labels=labels, ids=b["ids"], valid=valid)
 
 
 def _reraise_as_loader_error(batches):

@@ -120,11 +120,6 @@ def read(url: str, start: int | None = None, length: int | None = None) -> bytes
         raise _error(url, exc, "GET") from None
 
 
-def stream(url: str):
-    """A readable stream of the object (webdataset reads a tar from it front to back)."""
-    return _call(url, "GET", client().get_object)["Body"]
-
-
 def upload(local: str | os.PathLike, url: str):
     """One PUT of a local file (shards are megabytes: no multipart upload needed)."""
     with open(local, "rb") as f:
@@ -133,13 +128,6 @@ def upload(local: str | os.PathLike, url: str):
 
 def delete(url: str):
     _call(url, "DELETE", client().delete_object)
-
-
-def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
-    """webdataset's opener for `s3://` (its table has none): a streamed GET."""
-    if mode != "rb":
-        raise ObjStoreError(f"{url}: only reading is supported")
-    return stream(url)
 
 
 def check_bucket(url: str):
