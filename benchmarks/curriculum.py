@@ -27,7 +27,6 @@ import contextlib
 import fcntl
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -41,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.provenance import provenance  # noqa: E402
 from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, explicit_values  # noqa: E402
 from gzfast.curriculum import ScheduleError, parse_schedule, total_epochs  # noqa: E402
 from shard_tools.layout import TMP_MARK, LayoutError, PackedSet, write_atomic  # noqa: E402
@@ -463,22 +463,6 @@ def report(summary: dict) -> str:
             f"({summary['target_rule']}). Wall time: the sum of the epochs' training + validation time (process start "
             f"and model build left out).\n\n{summary['verdict']}.\n\nMachine: {p['cpu']} ({p['cpu_cores']} cores), GPU: "
             f"{p['gpu'] or 'none'}; commit {p['git_commit'][:10]}; {p['date']}.\n")
-
-
-def provenance() -> dict:
-    import torch
-
-    def git(*cmd):
-        try:
-            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    cpuinfo = Path("/proc/cpuinfo")
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if cpuinfo.exists() else platform.processor()
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu, "cpu_cores": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "git_commit": git("rev-parse", "HEAD")}
 
 
 def untimed(obj):

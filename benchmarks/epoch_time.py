@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.provenance import provenance  # noqa: E402
 from gzfast.build import budget_cores, build_training  # noqa: E402
 from gzfast.config import ConfigError, TrainConfig, load_file  # noqa: E402
-from gzfast.data import LOADERS, Batch, LoaderError, make_loader  # noqa: E402
+from gzfast.loaders import LOADERS, Batch, LoaderError, make_loader  # noqa: E402
 from gzfast.train import training_step  # noqa: E402
 from shard_tools.layout import LayoutError, PackedSet  # noqa: E402
 
@@ -46,29 +46,6 @@ DEFAULT_SHARDS = "data/shards"
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def provenance(args, cfg: TrainConfig) -> dict:
-    def run(cmd):
-        try:
-            return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("timm", "accelerate", "webdataset", "nvidia.dali"):
-        try:
-            versions[mod] = __import__(mod, fromlist=["__version__"]).__version__
-        except Exception as exc:  # noqa: BLE001 - report, don't fail, on a missing optional package
-            versions[mod] = f"unavailable ({type(exc).__name__})"
-    cpuinfo = Path("/proc/cpuinfo")
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if cpuinfo.exists() else platform.processor()
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "cpu": cpu,
-            "cpu_cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "versions": versions, "git_commit": run(["git", "rev-parse", "HEAD"]),
-            "git_dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"])),
-            "args": {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in vars(args).items()},
-            "config": cfg.to_dict()}
 
 
 # --- timing -----------------------------------------------------------------------------------------
@@ -340,7 +317,8 @@ def main(argv=None) -> int:
     except (ConfigError, LayoutError, LoaderError) as exc:
         print(f"epoch_time: error: {exc}", file=sys.stderr)
         return 2
-    stem = write_results(args, cfg.to_dict(), rows, provenance(args, cfg))
+    stem = write_results(args, cfg.to_dict(), rows, provenance(args={k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                                                             for k, v in vars(args).items()}, config=cfg.to_dict()))
     print("\n" + table(rows))
     print(f"\nresults: {stem.with_suffix('.json')} and .md")
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from shard_tools.layout import IMAGE_SIDE
 
 from .curriculum import DEFAULT_SCHEDULE, ScheduleError, default_schedule, parse_schedule, total_epochs
-from .data import LOADERS, max_rotation_crop, rotation_reach
+from .loaders import LOADERS, geometry_problem
 
 HEADS = ("sigmoid", "tree")
 
@@ -104,8 +104,9 @@ class TrainConfig:
     def schedule_text(self) -> str:
         return self.curriculum if self.curriculum else f"all:{self.epochs}"
 
-    def resolve(self, cuda: bool) -> TrainConfig:
-        """Machine-dependent defaults filled in, then every value checked."""
+    def resolve(self, cuda: bool, source_side: int = IMAGE_SIDE) -> TrainConfig:
+        """Machine-dependent defaults filled in, then every value checked (the crop against images of
+        `source_side` px, the packed set's)."""
         c = dataclasses.replace(self)
         if c.curriculum is not None and not c.curriculum.strip():
             raise ConfigError("--curriculum '': an empty schedule; give one (e.g. high:4,high+medium:4,all:12), "
@@ -135,10 +136,10 @@ class TrainConfig:
             c.freeze_stages = 2 if c.pretrained else 0
         if c.out is None:
             c.out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-        c.check()
+        c.check(source_side)
         return c
 
-    def check(self):
+    def check(self, source_side: int = IMAGE_SIDE):
         def need(ok, msg):
             if not ok:
                 raise ConfigError(msg)
@@ -149,12 +150,9 @@ class TrainConfig:
         need(self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r}: constant or cosine")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
-        need(0 < self.crop_size <= IMAGE_SIDE, f"crop_size {self.crop_size} must be in 1..{IMAGE_SIDE}")
         need(self.image_size >= 16, f"image_size {self.image_size} must be >= 16")
-        reach = rotation_reach(self.crop_size, self.zoom, self.shift)
-        need(reach <= IMAGE_SIDE, f"crop_size {self.crop_size} (zoom {self.zoom}, shift {self.shift}) cannot be rotated "
-             f"inside the {IMAGE_SIDE} px image without blank corners (it reaches {reach:.0f} px); the largest crop "
-             f"without zoom or shift is {max_rotation_crop()} px")
+        problem = geometry_problem(self.crop_size, self.zoom, self.shift, True, source_side)
+        need(problem is None, problem)
         need(self.verify_shards in ("quick", "full"), f"verify_shards {self.verify_shards!r}: quick or full")
         need(min(self.lr_backbone, self.lr_head, self.weight_decay, self.warmup_epochs) >= 0, "lr/wd/warm-up must be >= 0")
         need(0 <= self.zoom < 0.5 and 0 <= self.shift < 0.25, "zoom must be in [0, 0.5), shift in [0, 0.25)")

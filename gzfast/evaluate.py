@@ -21,9 +21,9 @@ import numpy as np
 from shard_tools import schema
 from shard_tools.layout import PackedSet, atomic_path, write_atomic
 
-from .data import make_loader
 from .inference import InferenceError, run_command, speed_line
-from .labels import read_labels
+from .loaders import make_loader
+from .loaders.labels import read_labels
 from .metrics import pooled_rmse, rmse
 from .predict import add_inference_args, common_setup
 

@@ -181,7 +181,7 @@ def run_command(prog: str, command, argv) -> int:
     """An entry point's anticipated failures as one line `prog: error: ...` and exit 2."""
     from shard_tools.layout import LayoutError
 
-    from .data import LoaderError
+    from .loaders import LoaderError
     try:
         return command(argv)
     except (InferenceError, LoaderError, LayoutError) as exc:

@@ -22,9 +22,9 @@ from shard_tools.layout import PackedSet, is_remote, shard_info, write_atomic
 from shard_tools.schema import CSV_HEADER
 
 from .config import auto_loader
-from .data import LOADERS, make_loader
-from .folder import ImageFolderBatches, eval_spec
 from .inference import InferenceError, Predictor, load_run, run_command, speed_line
+from .loaders import LOADERS, make_loader
+from .loaders.folder import ImageFolderBatches, eval_spec
 from .tta import VIEW_COUNTS, check_views
 
 PROG = "predict"

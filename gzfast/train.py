@@ -9,7 +9,6 @@ validation runs; the validation loader is built once and reused.
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import json
 import math
@@ -28,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from gzfast import ceiling
 from gzfast import checkpoint as ckpt
 from gzfast.build import Training, build_training, make_accelerator
 from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, auto_loader, config_from_dict, explicit_values, first_line
 from gzfast.curriculum import ScheduleError, check_schedule, parse_schedule, shards_for_epoch, stage_at
-from gzfast.data import LoaderError, make_loader
-from gzfast.labels import read_labels
+from gzfast.loaders import LoaderError, make_loader
+from gzfast.loaders.labels import read_labels
 from gzfast.metrics import evaluation_report, rmse
 from shard_tools.layout import LayoutError, PackedSet, is_remote
 
@@ -444,35 +444,10 @@ class Trainer:
         return next((g["lr"] for g in self.t.optimizer.param_groups if g["name"] == group), None)
 
     def measure_ceiling(self) -> float | None:
-        """Images/s of the real training step on synthetic tensors already on the device: the compute
-        ceiling that the loader-fed rate is compared with. Its effects are undone (weights, buffers and
-        optimizer state restored, gradients cleared, the accumulation counter reset, its own RNG)."""
-        n, t, acc = self.cfg.ceiling_probe, self.t, self.accelerator
-        if n <= 0:
-            return None
-        saved_model = {k: v.clone() for k, v in t.model.state_dict().items()}
-        saved_optimizer, saved_step = copy.deepcopy(t.optimizer.state_dict()), acc.step
-        gen = torch.Generator().manual_seed(0)
-        side = self.cfg.image_size
-        images = torch.randn(t.micro_batch, 3, side, side, generator=gen).to(t.device, t.image_dtype)
-        images = images.contiguous(memory_format=torch.channels_last)
-        labels = torch.rand(t.micro_batch, 37, generator=gen).to(t.device)
-        t.train_model.train()
-        warmup = self.cfg.grad_accum + 1  # compilation and the optimizer's first step stay out of the timing
-        for i in range(n + warmup):
-            if i == warmup:
-                if acc.device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            training_step(t.train_model, t.optimizer, acc, images, labels)
-        if acc.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-        t.optimizer.zero_grad(set_to_none=True)
-        t.model.load_state_dict(saved_model)
-        t.optimizer.load_state_dict(saved_optimizer)
-        acc.step = saved_step
-        return n * t.micro_batch * acc.num_processes / elapsed
+        """The compute ceiling (gzfast.ceiling): the step on synthetic tensors, its effects undone."""
+        t, acc = self.t, self.accelerator
+        return ceiling.measure_ceiling(t, lambda b: training_step(t.train_model, t.optimizer, acc, b.images, b.labels),
+                                       self.cfg.image_size, 37, self.cfg.ceiling_probe, self.cfg.grad_accum + 1)
 
     @torch.no_grad()
     def evaluate(self) -> dict:

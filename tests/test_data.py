@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gzfast.data import IMAGENET_MEAN, IMAGENET_STD, LoaderError, interleave_tiers, make_loader
+from gzfast.loaders import IMAGENET_MEAN, IMAGENET_STD, LoaderError, interleave_tiers, make_loader
 from shard_tools import schema
 from shard_tools.layout import PackedSet
 

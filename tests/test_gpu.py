@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from gzfast.data import IMAGENET_MEAN, IMAGENET_STD, make_loader
+from gzfast.loaders import IMAGENET_MEAN, IMAGENET_STD, make_loader
 from shard_tools.layout import PackedSet
 
 from helpers import REPO, csv_labels

@@ -52,7 +52,7 @@ def one_process_val_rmse(shards: Path, run: Path) -> float:
     """The validation RMSE of the run's last weights, evaluated by one process over the whole val set."""
     from gzfast.build import create_model
     from gzfast.config import config_from_dict
-    from gzfast.data import make_loader
+    from gzfast.loaders import make_loader
     from gzfast.metrics import evaluation_report
     state = ckpt.load(run / "checkpoints" / "last.pt")
     model = create_model(config_from_dict(state["config"]))

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from gzfast.data import make_loader
+from gzfast.loaders import make_loader
 from gzfast.train import main
 from shard_tools import objstore
 from shard_tools.layout import LayoutError, PackedSet

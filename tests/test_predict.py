@@ -15,7 +15,7 @@ from PIL import Image
 from gzfast import evaluate as evaluate_mod
 from gzfast import predict as predict_mod
 from gzfast.config import TrainConfig
-from gzfast.labels import read_labels
+from gzfast.loaders.labels import read_labels
 from gzfast.metrics import pooled_rmse, rmse
 from gzfast.model import GZ2Model
 from gzfast.train import main as train_main
@@ -229,8 +229,8 @@ def test_evaluate_needs_val_shards(tmp_path, real_shards, capsys):
 def test_gpu_inference_speed(real_shards, tmp_path, capsys):
     """The study's model (convnext_small, 224 px, batch 512), compiled bf16 fed by dali-gpu: single view
     >= 8,000 galaxies/s and 8-view TTA >= 1,000 galaxies/s on an H100/H200 (printed on any GPU)."""
-    from gzfast.data import make_loader
     from gzfast.inference import Predictor, load_run
+    from gzfast.loaders import make_loader
 
     run = fake_run(tmp_path / "small", model="convnext_small", image_size=224, crop_size=212, batch_size=512)
     paths = PackedSet.open(real_shards).paths("test") * 48  # 146 real JPEGs read 48 times: 7,008 galaxies a pass

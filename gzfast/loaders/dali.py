@@ -17,7 +17,7 @@ import re
 
 import torch
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, batch_count, find_undecodable, normalize_on_device
+from .spec import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, batch_count, normalize_on_device
 
 try:  # the one guarded import of DALI: no wheel for this platform, or libraries that fail to load
     from nvidia.dali import fn, pipeline_def, types
@@ -39,8 +39,6 @@ class DALILoader:
         if DALI_IMPORT_ERROR is not None:
             raise LoaderError(f"NVIDIA DALI cannot be loaded here ({DALI_IMPORT_ERROR}). Install nvidia-dali-cuda130 "
                               f"on Linux, or {PIL_HINT}")
-        if decode_on_gpu and not torch.cuda.is_available():
-            raise LoaderError("dali-gpu needs a CUDA GPU; on this machine use --loader dali-cpu or pil")
         self.spec = spec
         self.gpu = decode_on_gpu
         self.name = "dali-gpu" if decode_on_gpu else "dali-cpu"
@@ -60,7 +58,6 @@ class DALILoader:
                               f"{spec.batch_size}")
         default = min(8, os.cpu_count() or 1) if not decode_on_gpu else 4
         self.threads = max(1, spec.workers) if spec.workers is not None else default  # DALI needs one thread
-        self._pipe = None
         self._iterator = None
 
     def __len__(self):
@@ -157,7 +154,6 @@ class DALILoader:
                                                  auto_reset=False)
         except RuntimeError as exc:  # nvJPEG/nvImageCodec not loading, an old driver, out of memory, a bad shard
             raise self._fail(exc, "to start") from exc
-        self._pipe = pipe
         return self
 
     def _batch(self, out: dict, valid: int | None) -> Batch:
@@ -208,4 +204,32 @@ class DALILoader:
             self.close()  # rebuilt on the next pass
 
     def close(self):
-        self._iterator = self._pipe = None
+        self._iterator = None
+
+
+def find_undecodable(paths: list[str], budget_s: float = 20.0) -> str | None:
+    """Where the first JPEG that PIL cannot decode is ("SHARD: sample ID"), for an error message when a
+    loader failed to decode without saying which sample; None if none is found within `budget_s`."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from shard_tools.layout import index_path, open_shard, read_index
+
+    deadline = time.monotonic() + budget_s
+    for path in paths:
+        with open_shard(path) as f:
+            for sample in read_index(index_path(path)):
+                jpg = next((e for e in sample if e.ext == "jpg"), None)
+                if jpg is None:
+                    return f"{path}: sample {sample[0].key} has no .jpg"
+                f.seek(jpg.offset)
+                try:
+                    with Image.open(io.BytesIO(f.read(jpg.size))) as im:
+                        im.load()
+                except Exception as exc:  # noqa: BLE001 - any decoder complaint marks the sample
+                    return f"{path}: sample {jpg.key} does not decode ({exc})"
+                if time.monotonic() > deadline:
+                    return None
+    return None

@@ -1,7 +1,7 @@
 """A folder of 424×424 GZ2 JPEGs as eval batches, without packing (`predict --images DIR`).
 
 Ids come from the file names (`<GalaxyID>.jpg`). Each image goes through the PIL loader's eval transform
-(`pil_loader.pil_transform`: the centred crop resized with the same box), so a folder and the same images
+(`pil.pil_transform`: the centred crop resized with the same box), so a folder and the same images
 packed into shards give the same pixels. A file that is not a decodable 424×424 JPEG, whose name is not an
 integer id, or whose id repeats another file's is reported (name and reason), collected in `rejected`,
 and skipped: never silently dropped. Decoding runs in a thread pool (PIL releases the GIL while it
@@ -21,8 +21,8 @@ from PIL import Image
 
 from shard_tools.layout import IMAGE_SIDE
 
-from .data import Batch, LoaderSpec, normalize_on_device
-from .pil_loader import pil_transform
+from .pil import pil_transform
+from .spec import Batch, LoaderSpec, normalize_on_device
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def eval_spec(batch_size: int, image_size: int, crop_size: int, device, dtype, w
     """An eval-mode LoaderSpec with no shards: what pil_transform and normalize_on_device read."""
     return LoaderSpec(shards=[], train=False, batch_size=batch_size, image_size=image_size, crop_size=crop_size,
                       rank=0, world_size=1, seed=0, epoch=0, workers=workers, zoom=0.0, shift=0.0, labelled=False,
-                      pad_last_batch=True, device=torch.device(device), dtype=dtype)
+                      pad_last_batch=True, device=torch.device(device), dtype=dtype).check("pil")
 
 
 def _decode(path: Path, spec: LoaderSpec) -> tuple[int, np.ndarray] | Rejected:

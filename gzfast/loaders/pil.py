@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shard_tools.layout import IMAGE_SIDE, LayoutError, is_remote, read_all, read_index
+from shard_tools.layout import LayoutError, is_remote, read_all, read_index
 
-from .data import Batch, LoaderError, LoaderSpec, normalize_on_device
+from .spec import Batch, LoaderError, LoaderSpec, normalize_on_device
 
 
 def dct_scale(spec: LoaderSpec) -> int:
@@ -33,9 +33,9 @@ def decode(jpg: bytes, spec: LoaderSpec) -> tuple[Image.Image, float]:
     img = Image.open(io.BytesIO(jpg))
     scale = dct_scale(spec)
     if scale > 1:
-        img.draft("RGB", (math.ceil(IMAGE_SIDE / scale),) * 2)
+        img.draft("RGB", (math.ceil(spec.source_side / scale),) * 2)
     img = img.convert("RGB")
-    return img, img.size[0] / IMAGE_SIDE
+    return img, img.size[0] / spec.source_side
 
 
 def pil_transform(jpg: bytes, gid: int, spec: LoaderSpec) -> np.ndarray:
@@ -47,7 +47,7 @@ def pil_transform(jpg: bytes, gid: int, spec: LoaderSpec) -> np.ndarray:
     img, f = decode(jpg, spec)
     out = spec.image_size
     if not spec.train:
-        lo, c = (IMAGE_SIDE - spec.crop_size) / 2 * f, spec.crop_size * f
+        lo, c = (spec.source_side - spec.crop_size) / 2 * f, spec.crop_size * f
         return np.asarray(img.resize((out, out), Image.BILINEAR, box=(lo, lo, lo + c, lo + c)))
     rng = np.random.default_rng([spec.seed, spec.epoch, gid])
     angle = rng.uniform(0, 360)
@@ -59,7 +59,7 @@ def pil_transform(jpg: bytes, gid: int, spec: LoaderSpec) -> np.ndarray:
     unit = spec.crop_size * f / out
     if unit > 1:
         side = spec.rotation_crop_side()
-        lo, small = (IMAGE_SIDE - side) / 2 * f, round(side * out / spec.crop_size)
+        lo, small = (spec.source_side - side) / 2 * f, round(side * out / spec.crop_size)
         img = img.resize((small, small), Image.BILINEAR, box=(lo, lo, lo + side * f, lo + side * f))
         unit = 1.0
     # 2) one affine resampling: output pixel q -> centre + shift + zoom * R(angle) (q - output centre)
@@ -201,7 +201,7 @@ def _reraise_as_loader_error(batches):
     try:
         yield from batches
     except LoaderError as exc:
-        raise LoaderError(str(exc).strip().splitlines()[-1].removeprefix("gzfast.data.LoaderError: ")
+        raise LoaderError(str(exc).strip().splitlines()[-1].removeprefix("gzfast.loaders.spec.LoaderError: ")
                           .removeprefix("LoaderError: ")) from None
     except (OSError, ValueError, RuntimeError) as exc:  # a tar that cannot be read, a worker that died
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
