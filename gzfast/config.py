@@ -10,11 +10,13 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import math
 import time
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from shard_tools.errors import UserError, first_line  # noqa: F401 - first_line: re-exported
 from shard_tools.layout import IMAGE_SIDE
 
 from .curriculum import DEFAULT_SCHEDULE, ScheduleError, default_schedule, parse_schedule, total_epochs
@@ -38,14 +40,8 @@ LAUNCH_FACTS = {"world_size", "per_process_batch"}
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's first line, for one-line error messages (its type when it says nothing)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+class ConfigError(UserError, ValueError):
+    """A setting that cannot work; the message names the key, the value and what to do."""
 
 
 def auto_loader(cuda: bool) -> tuple[str, str]:
@@ -154,7 +150,10 @@ class TrainConfig:
         problem = geometry_problem(self.crop_size, self.zoom, self.shift, True, source_side)
         need(problem is None, problem)
         need(self.verify_shards in ("quick", "full"), f"verify_shards {self.verify_shards!r}: quick or full")
-        need(min(self.lr_backbone, self.lr_head, self.weight_decay, self.warmup_epochs) >= 0, "lr/wd/warm-up must be >= 0")
+        for key in ("lr_backbone", "lr_head", "weight_decay", "warmup_epochs", "zoom", "shift"):
+            value = getattr(self, key)
+            need(math.isfinite(value) and value >= 0, f"{key} {value!r}: must be a finite number >= 0")
+        need(0 <= self.seed < 2**32, f"seed {self.seed}: must be in 0..{2**32 - 1} (numpy's seed range)")
         need(0 <= self.zoom < 0.5 and 0 <= self.shift < 0.25, "zoom must be in [0, 0.5), shift in [0, 0.25)")
         need(self.log_every >= 1, "log_every must be >= 1")
         need(self.workers is None or self.workers >= 0, f"workers {self.workers} must be >= 0")
@@ -183,7 +182,12 @@ def _field_type(f) -> type:
     return args[0] if args else t
 
 
+# str settings whose values are on/off: YAML 1.1 reads a bare `off` as false and `on` as true.
+ON_OFF = {"compile"}
+
+
 def _coerce(name: str, value, typ):
+    key = name.rpartition(": ")[2].replace("-", "_")
     if value is None:
         return None
     if typ is bool:
@@ -192,6 +196,13 @@ def _coerce(name: str, value, typ):
         raise ConfigError(f"{name}: expected true/false, got {value!r}")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as text
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected float, got str {value!r}") from None
+    if typ is str and isinstance(value, bool) and key in ON_OFF:
+        return "on" if value else "off"
     if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
         raise ConfigError(f"{name}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
     return value

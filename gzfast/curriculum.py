@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shard_tools.errors import UserError
 from shard_tools.layout import PackedSet
 from shard_tools.schema import TIERS
 
@@ -14,8 +15,8 @@ DEFAULT_SCHEDULE = "high:4,high+medium:4,all:12"   # 16 full-epoch equivalents i
 _DEFAULT_FRACTIONS = (0.2, 0.2, 0.6)
 
 
-class ScheduleError(ValueError):
-    pass
+class ScheduleError(UserError, ValueError):
+    """A schedule that cannot be trained; the message names the stage."""
 
 
 @dataclass(frozen=True)

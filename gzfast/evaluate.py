@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from shard_tools import schema
+from shard_tools.errors import run_command
 from shard_tools.layout import PackedSet, atomic_path, write_atomic
 
-from .inference import InferenceError, run_command, speed_line
+from .inference import InferenceError, speed_line
 from .loaders import make_loader
 from .loaders.labels import read_labels
 from .metrics import pooled_rmse, rmse
@@ -169,7 +170,8 @@ def evaluate(args) -> int:
 
 
 def main(argv=None) -> int:
-    return run_command(PROG, lambda a: evaluate(build_parser().parse_args(a)), argv)
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: evaluate(args))
 
 
 if __name__ == "__main__":

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
+
+from shard_tools.errors import UserError
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, config_from_dict
+from .eval_loop import Prediction, predict_batches
 from .tta import check_views, predict_views
 
 
-class InferenceError(RuntimeError):
+class InferenceError(UserError, RuntimeError):
     """A run, checkpoint or input that prediction cannot use; the message says what to do."""
 
 
@@ -100,15 +99,6 @@ def load_run(run: str | Path, which: str = "best", device: torch.device | None =
     return LoadedRun(run, path, cfg, model, state.get("epoch"))
 
 
-@dataclass
-class Prediction:
-    ids: np.ndarray              # int64 N
-    preds: np.ndarray            # float32 N×37
-    labels: np.ndarray | None    # float32 N×37 (labelled shards) or None
-    seconds: float               # the whole loop, first batch (pipeline start, compilation) included
-    steady_per_s: float | None   # galaxies/s after the first batch (None with a single batch)
-
-
 class Predictor:
     """The model of a loaded run on its device: bf16 + compile on a GPU (unless told otherwise), K views."""
 
@@ -134,38 +124,11 @@ class Predictor:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    @torch.no_grad()
     def run(self, batches, desc: str = "predict") -> Prediction:
-        """Predicts every real row of `batches` (an iterable of data.Batch, padded rows dropped)."""
-        preds, labels, ids = [], [], []
-        total = len(batches) if hasattr(batches, "__len__") else None
-        t0 = time.perf_counter()
-        t_first, n_first = None, 0
-        bar = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False, disable=None)
-        for batch in batches:
-            n = len(batch)
-            with self._autocast():
-                out = predict_views(self.model, batch.images, self.views)
-            preds.append(out[:n])
-            if batch.labels is not None:
-                labels.append(batch.labels[:n])
-            ids.append(batch.ids[:n].clone())
-            if t_first is None:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                t_first, n_first = time.perf_counter(), n
-            bar.update(1)
-        bar.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        n_all = sum(len(i) for i in ids)
-        steady = (n_all - n_first) / (time.perf_counter() - t_first) if t_first is not None and n_all > n_first else None
-        return Prediction(
-            ids=torch.cat(ids).numpy().astype(np.int64) if ids else np.zeros(0, np.int64),
-            preds=torch.cat(preds).cpu().numpy().astype(np.float32) if preds else np.zeros((0, 37), np.float32),
-            labels=torch.cat(labels).cpu().numpy() if labels else None,
-            seconds=seconds, steady_per_s=steady)
+        """Predicts every real row of `batches` (an iterable of loaders.Batch, padded rows dropped), as the
+        mean over the K views."""
+        return predict_batches(lambda images: predict_views(self.model, images, self.views), batches, self._autocast,
+                               self.device, 37, desc)
 
 
 def speed_line(pred: Prediction, views: int) -> str:
@@ -175,18 +138,3 @@ def speed_line(pred: Prediction, views: int) -> str:
     steady = f"; {pred.steady_per_s:,.0f}/s after the first batch" if pred.steady_per_s else ""
     return (f"{n:,} galaxies x {views} view(s) in {pred.seconds:.1f} s: {rate:,.0f} galaxies/s "
             f"({rate * views:,.0f} model images/s{steady})")
-
-
-def run_command(prog: str, command, argv) -> int:
-    """An entry point's anticipated failures as one line `prog: error: ...` and exit 2."""
-    from shard_tools.layout import LayoutError
-
-    from .loaders import LoaderError
-    try:
-        return command(argv)
-    except (InferenceError, LoaderError, LayoutError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError as exc:
-        print(f"{prog}: error: out of GPU memory ({str(exc).strip().splitlines()[0]}); lower --batch-size", file=sys.stderr)
-        return 2

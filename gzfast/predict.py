@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shard_tools.errors import run_command
 from shard_tools.layout import PackedSet, is_remote, shard_info, write_atomic
 from shard_tools.schema import CSV_HEADER
 
 from .config import auto_loader
-from .inference import InferenceError, Predictor, load_run, run_command, speed_line
+from .inference import InferenceError, Predictor, load_run, speed_line
 from .loaders import LOADERS, make_loader
 from .loaders.folder import ImageFolderBatches, eval_spec
 from .tta import VIEW_COUNTS, check_views
@@ -176,7 +177,8 @@ def predict(args) -> int:
 
 
 def main(argv=None) -> int:
-    return run_command(PROG, lambda a: predict(build_parser().parse_args(a)), argv)
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: predict(args))
 
 
 if __name__ == "__main__":

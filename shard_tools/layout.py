@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 MANIFEST = "manifest.json"
 REJECTED = "rejected.csv"
 LOCK = ".pack.lock"       # held (flock) by the one pack writing a set; its presence marks a folder as pack's
@@ -36,7 +38,7 @@ TMP_MARK = ".tmp"  # every temp name this project writes contains it (see atomic
 IMAGE_SIDE = 424   # every packed JPEG is 424×424 (pack checks it), as every Kaggle GZ2 image is
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """A packed set, a shard or an index that cannot be read as the layout says."""
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from gzfast import checkpoint as ckpt
 from gzfast import train as train_mod
+from gzfast.metrics_log import TRACKER_PROJECT
 
 from helpers import REPO
 
@@ -238,7 +239,7 @@ def test_log_with_tensorboard_logs_the_metrics_fields(synth_shards, tmp_path):
                            "--ceiling-probe", "0", "--log-with", "tensorboard"]) == 0
     assert "log_with" not in json.loads((run / "config.json").read_text())  # run control: not saved
     metrics = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    folders = {p.parent for p in (run / train_mod.TRACKER_PROJECT).rglob("events.out.tfevents.*")}
+    folders = {p.parent for p in (run / TRACKER_PROJECT).rglob("events.out.tfevents.*")}
     [acc] = [a for a in (EventAccumulator(str(f)).Reload() for f in folders) if "step/loss" in a.Tags()["scalars"]]
     tags = set(acc.Tags()["scalars"])
     steps = [m for m in metrics if m["kind"] == "step"]

@@ -14,6 +14,7 @@ import torch
 
 from gzfast import checkpoint as ckpt
 from gzfast import train as train_mod
+from gzfast.resume import resolve_config
 from gzfast.train import TIMING_KEYS, main
 
 from helpers import REPO, load_manifest, read_shard_samples
@@ -299,7 +300,7 @@ def test_resumed_learning_rates_come_from_the_config_and_logs_name_the_right_gro
     steps = records(run, "step")
     # early in the cosine the head's LR is still near 2e-3: a logged value near it would be the head's
     assert 0.9e-3 < steps[0]["lr_backbone"] <= 1e-3 and all(s["lr_backbone"] <= 1e-3 for s in steps)
-    cfg, state, _ = train_mod.resolve_config([*args, "--resume"], cuda=False)
+    cfg, state, _ = resolve_config([*args, "--resume"], cuda=False)
     assert max(g["lr"] for g in state["optimizer"]["param_groups"]) < 1e-4  # the end of the cosine
     trainer = train_mod.Trainer(cfg, state)
     named = {g["name"]: base for g, base in zip(trainer.t.optimizer.param_groups, trainer.base_lrs)}
