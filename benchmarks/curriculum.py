@@ -16,9 +16,12 @@ seen, and the wall time and images needed to reach a target RMSE (by default the
 RMSE x 1.02: "the same loss in less time"). Wall time is the sum of the epoch records' `epoch_time`
 (training + validation of every epoch; process start, model build and the compute-ceiling probe are left
 out, so a resumed run counts only the epochs it trained); images seen is the sum of their `samples`.
-A run reaches the target at the end of the first epoch whose validation RMSE is <= the target.
+A run reaches the target at the end of the first epoch whose validation RMSE is <= the target. That
+arithmetic, the verdict and the words are benchmarks/experiment_summary.py; this file launches, locks,
+resumes and writes.
 
-Writes EXPERIMENT/summary.json, EXPERIMENT/summary.md (the table) and EXPERIMENT/figure2.png.
+Writes EXPERIMENT/summary.json, EXPERIMENT/summary.md (the table) and EXPERIMENT/figure2.png. It writes only
+in a new or empty folder or one an experiment made, and never over a file or folder it did not write.
 """
 from __future__ import annotations
 
@@ -34,22 +37,24 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.experiment_summary import TARGET_FACTOR, report, run_result, summarize  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
 from gzfast.config import RESUME_FREE, ConfigError, TrainConfig, explicit_values  # noqa: E402
 from gzfast.curriculum import ScheduleError, parse_schedule, total_epochs  # noqa: E402
-from shard_tools.layout import TMP_MARK, LayoutError, PackedSet, write_atomic  # noqa: E402
+from shard_tools.errors import UserError, run_command  # noqa: E402
+from shard_tools.layout import TMP_MARK, LayoutError, PackedSet, atomic_path, write_atomic  # noqa: E402
 
 PROG = "curriculum"
 DEFAULT_SCHEDULES = "all:20;high:4,high+medium:4,all:12;high:5,all:15"
 DEFAULT_SEEDS = 3
 DEFAULT_SHARDS = "data/shards"
-TARGET_FACTOR = 1.02
 # --quick: a tiny synthetic set, make run's model at 32 px, two schedules x two seeds of three epochs (about
 # a minute on 2 cores; resnet10t starts in half the time convnext_atto takes). The settings are defaults:
 # --config and the trainer flags after `--` still win.
@@ -60,17 +65,21 @@ QUICK_SETTINGS = {"model": "resnet10t", "image_size": 32, "crop_size": 128, "bat
 QUICK_DATA = ["--n-train", "360", "--n-test", "0", "--seed", "1"], ["--val-fraction", "0.15", "--shard-size", "40"]
 # The trainer flags the experiment sets itself, per run.
 OWN_FLAGS = {"out", "curriculum", "seed", "epochs", "resume", "force", "shards"}
-# What the experiment writes in its folder, and what the trainer writes in a run folder (anything else
-# there is someone else's and is never deleted).
-EXPERIMENT_FILES = {"experiment.json", "summary.json", "summary.md", "figure2.png", "runs", "logs", "data", ".lock"}
+# What the experiment writes in its folder, each a plain file or a folder (never a link), and what the
+# trainer writes in a run folder: anything else there is someone else's and is never written over or deleted.
+EXPERIMENT_FILES = {"experiment.json": "file", "summary.json": "file", "summary.md": "file", "figure2.png": "file",
+                    ".lock": "file", "runs": "folder", "logs": "folder", "data": "folder"}
+RESULT_FILES = ("summary.json", "summary.md", "figure2.png")
+# What may be there before experiment.json records the plan: --quick's data (made first: the plan holds its
+# fingerprint) and a temp experiment.json cut by a kill. Anything else without experiment.json is not ours.
+BEFORE_PLAN = {"data", "experiment.json", ".lock"}
+QUICK_DATA_FOLDERS = {"synthetic", "shards"}
 TRAINER_FILES = {"config.json", "metrics.jsonl", "checkpoints", "summary.json", "curves.png", "gzfast", "wandb", "mlruns"}
-# Fields of summary.json that measure time (or follow from times); the rest is reproducible from the seeds.
-TIMING_KEYS = {"wall_s", "time_to_target_s", "time_s", "verdict", "fastest", "saving_vs_reference",
-               "exceeds_seed_spread", "provenance"}
+LOG_START = b"$ "  # every log the runner writes begins with the command line
 
 
-class ExperimentError(Exception):
-    """An anticipated failure: one line, exit 2."""
+class ExperimentError(UserError):
+    """An anticipated failure: one line `curriculum: error: ...`, exit 2."""
 
 
 # --- the plan ---------------------------------------------------------------------------------------
@@ -105,16 +114,6 @@ def parse_schedules(text: str) -> list[str]:
     if dupes:
         raise ExperimentError(f"--schedules: {', '.join(sorted(dupes))} given twice")
     return schedules
-
-
-def is_plain(schedule: str) -> bool:
-    stages = parse_schedule(schedule)
-    return len(stages) == 1 and stages[0].name == "all"
-
-
-def reference_schedule(schedules: list[str]) -> str:
-    """The plain schedule (one `all` stage) the curricula are measured against; else the first one."""
-    return next((s for s in schedules if is_plain(s)), schedules[0])
 
 
 def trainer_argv(args, schedule: str, seed: int, out: Path) -> list[str]:
@@ -171,29 +170,76 @@ def resolve_runs(args, cuda: bool) -> tuple[list[Run], dict]:
 
 # --- the experiment folder --------------------------------------------------------------------------
 
-def ours(name: str, allowed: set[str]) -> bool:
+def ours(name: str, allowed: Container[str]) -> bool:
+    """`name` is one of `allowed`, or the temp name (atomic_path) of one."""
     return name in allowed or (name.startswith(".") and TMP_MARK in name
                                and name[1:].rpartition(TMP_MARK)[0] in allowed)
 
 
+def is_kind(path: Path, kind: str) -> bool:
+    """Whether `path` is absent or what the experiment writes there: a plain file or a folder, not a link."""
+    if not path.is_symlink() and not path.exists():
+        return True
+    return not path.is_symlink() and (path.is_dir() if kind == "folder" else path.is_file())
+
+
+def check_kind(path: Path, kind: str, where: str):
+    if not is_kind(path, kind):
+        raise ExperimentError(f"{path} is not a {kind} the experiment wrote (someone else's, or a link); "
+                              f"move it away or pick another {where}")
+
+
 def check_folder(out: Path) -> dict | None:
     """A new or empty folder, or one holding only what an experiment writes; returns its experiment.json.
-    Anything else there is someone else's: refuse."""
+    Anything else there, or a result with no experiment.json beside it, is someone else's: refuse."""
     if out.exists() and not out.is_dir():
         raise ExperimentError(f"--out {out} is a file, not a folder; pick another --out")
     if not out.is_dir():
         return None
-    foreign = sorted(p.name for p in out.iterdir() if not ours(p.name, EXPERIMENT_FILES))
+    names = sorted(p.name for p in out.iterdir())
+    foreign = [n for n in names if not ours(n, EXPERIMENT_FILES)]
     if foreign:
         raise ExperimentError(f"--out {out} holds files that are not an experiment's ({', '.join(foreign[:3])}); "
                               f"pick a new or empty --out")
+    for name in names:  # a temp name is a file, like what it is the temp of
+        check_kind(out / name, EXPERIMENT_FILES.get(name, "file"), "--out")
+    data = out / "data"
+    stray = sorted(p.name for p in data.iterdir() if p.name not in QUICK_DATA_FOLDERS) if data.is_dir() else []
+    if stray:
+        raise ExperimentError(f"{data} holds files that are not --quick's data ({', '.join(stray[:3])}); "
+                              f"pick a new or empty --out")
     meta = out / "experiment.json"
     if not meta.exists():
+        unplanned = [n for n in names if not ours(n, BEFORE_PLAN)]
+        if unplanned:
+            raise ExperimentError(f"--out {out} holds {', '.join(unplanned[:3])} but no experiment.json: not an "
+                                  f"experiment's folder; pick a new or empty --out")
         return None
+    return read_plan(meta)
+
+
+def read_plan(meta: Path) -> dict:
     try:
-        return json.loads(meta.read_text())
+        plan = json.loads(meta.read_text())
     except (OSError, ValueError) as exc:
         raise ExperimentError(f"{meta}: unreadable ({exc}); pick a new --out") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("settings", {}), dict):
+        raise ExperimentError(f"{meta}: not an experiment's plan (no settings mapping); pick a new --out")
+    return plan
+
+
+def check_run_paths(runs: list[Run], out: Path):
+    """Each run's folder and log, where they exist, are the experiment's: a folder (run_state looks inside),
+    and a plain file that is empty or begins with the command line the runner writes first."""
+    for run in runs:
+        check_kind(run.folder, "folder", "--out")
+        log = out / "logs" / f"{run.name}.log"
+        check_kind(log, "file", "--out")
+        if log.exists():
+            with open(log, "rb") as f:
+                start = f.read(len(LOG_START))
+            if start and start != LOG_START:
+                raise ExperimentError(f"{log} is not a log the experiment wrote; move it away or pick another --out")
 
 
 def record_plan(out: Path, plan: dict, old: dict | None):
@@ -216,7 +262,7 @@ def record_plan(out: Path, plan: dict, old: dict | None):
 def experiment_lock(out: Path):
     """Holds EXPERIMENT/.lock (flock). Every trainer started inherits the descriptor, so the lock stays held
     while a trainer of a killed experiment still runs: two experiments never train into one folder."""
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a link there is not ours
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -348,131 +394,21 @@ def run_all(args, runs: list[Run], lock_fd: int) -> int:
 
 # --- results ----------------------------------------------------------------------------------------
 
-def run_result(run: Run, out: Path) -> dict:
-    """One run from its metrics.jsonl: final and best val RMSE, wall time, images, and the curve."""
-    curve, time_s, images = [], 0.0, 0
-    for r in sorted({r["epoch"]: r for r in epoch_records(run.folder)}.values(), key=lambda r: r["epoch"]):
-        time_s += r["epoch_time"]
-        images += r["samples"]
-        curve.append({"epoch": r["epoch"], "stage": r["stage"], "train_loss": r["train_loss"], "val_rmse": r["val_rmse"],
-                      "time_s": time_s, "images": images})
-    return {"schedule": run.schedule, "seed": run.seed, "folder": str(run.folder.relative_to(out)), "epochs": len(curve),
-            "final_val_rmse": curve[-1]["val_rmse"], "best_val_rmse": min(c["val_rmse"] for c in curve),
-            "wall_s": time_s, "images": images, "curve": curve}
+def summarize_runs(schedules: list[str], runs: list[Run], out: Path, target: float | None) -> dict:
+    """The summary of the finished runs, from their metrics.jsonl (benchmarks/experiment_summary.py)."""
+    results = [run_result(r.schedule, r.seed, str(r.folder.relative_to(out)), epoch_records(r.folder)) for r in runs]
+    return summarize(schedules, results, target)
 
 
-def reach(result: dict, target: float) -> dict:
-    """Where a run first reaches the target: the end of the first epoch with val RMSE <= target."""
-    for c in result["curve"]:
-        if c["val_rmse"] <= target:
-            return {"epoch_at_target": c["epoch"], "time_to_target_s": c["time_s"], "images_to_target": c["images"]}
-    return {"epoch_at_target": None, "time_to_target_s": None, "images_to_target": None}
-
-
-def spread(values: list) -> dict:
-    """Mean and sample standard deviation over the seeds that have a value (None: never reached)."""
-    have = [v for v in values if v is not None]
-    return {"mean": statistics.fmean(have) if have else None,
-            "sd": statistics.stdev(have) if len(have) > 1 else None,
-            "min": min(have) if have else None, "max": max(have) if have else None,
-            "n": len(have), "of": len(values), "values": values}
-
-
-def summarize(schedules: list[str], runs: list[Run], out: Path, target: float | None) -> dict:
-    results = [run_result(r, out) for r in runs]
-    ref = reference_schedule(schedules)
-    rule = "--target"
-    if target is None:
-        finals = [r["final_val_rmse"] for r in results if r["schedule"] == ref]
-        target = statistics.fmean(finals) * TARGET_FACTOR
-        rule = f"mean final val RMSE of {ref} x {TARGET_FACTOR}"
-    for r in results:
-        r.update(reach(r, target))
-    rows = []
-    for s in schedules:
-        mine = [r for r in results if r["schedule"] == s]
-        rows.append({"schedule": s, "kind": "plain" if is_plain(s) else "curriculum", "reference": s == ref,
-                     "epochs": total_epochs(parse_schedule(s)), "seeds": [r["seed"] for r in mine],
-                     **{k: spread([r[k] for r in mine]) for k in ("final_val_rmse", "best_val_rmse", "wall_s", "images",
-                                                                   "time_to_target_s", "images_to_target", "epoch_at_target")}})
-    summary = {"target_rmse": target, "target_rule": rule, "reference": ref, "schedules": rows,
-               "runs": results}
-    summary.update(verdict(rows, ref, target))
-    return summary
-
-
-def verdict(rows: list[dict], ref: str, target: float) -> dict:
-    """The fastest schedule to the target (every seed reaching it), against the reference: is the
-    difference of the means larger than the seed spread (the two standard deviations added)?"""
-    full = [r for r in rows if r["time_to_target_s"]["n"] == r["time_to_target_s"]["of"]]
-    missed = [r["schedule"] for r in rows if r not in full]
-    note = f" ({', '.join(missed)} did not reach it in every seed)" if missed else ""
-    if not full:
-        return {"fastest": None, "saving_vs_reference": None, "exceeds_seed_spread": None,
-                "verdict": f"no schedule reached val RMSE <= {target:.5f} in every seed"}
-    fastest = min(full, key=lambda r: r["time_to_target_s"]["mean"])
-    base = next(r for r in rows if r["schedule"] == ref)
-    other = fastest if fastest is not base else min((r for r in full if r is not base),
-                                                    key=lambda r: r["time_to_target_s"]["mean"], default=None)
-    digits = 0 if fastest["time_to_target_s"]["mean"] >= 100 else 1
-    text = f"fastest to val RMSE <= {target:.5f}: {fastest['schedule']} ({fmt_spread(fastest['time_to_target_s'], 's', digits)})"
-    saving, exceeds = None, None
-    if other is not None and base in full:
-        a, b = base["time_to_target_s"], other["time_to_target_s"]
-        saving = 1 - b["mean"] / a["mean"]
-        sd = (a["sd"] or 0.0) + (b["sd"] or 0.0)
-        exceeds = abs(a["mean"] - b["mean"]) > sd if a["sd"] is not None and b["sd"] is not None else None
-        who = f"{other['schedule']} takes {abs(saving):.0%} {'less' if saving > 0 else 'more'} time than {ref}"
-        judged = ("a difference larger than the seed spread" if exceeds else
-                  "a difference within the seed spread: not a difference these seeds can show" if exceeds is False else
-                  "one seed: no spread to judge the difference by")
-        text += (f"; {who} ({abs(a['mean'] - b['mean']):.{digits}f} s against a spread of {sd:.{digits}f} s, the two sd "
-                 f"added): {judged}")
-    elif base not in full:
-        text += f"; the reference {ref} did not reach it in every seed"
-    return {"fastest": fastest["schedule"], "saving_vs_reference": saving, "exceeds_seed_spread": exceeds,
-            "verdict": text + note}
-
-
-def fmt_spread(s: dict, unit: str = "", digits: int = 5, scale: float = 1.0) -> str:
-    if s["mean"] is None:
-        return f"not reached (0/{s['of']})"
-    value = f"{s['mean'] / scale:,.{digits}f}"
-    if s["sd"] is not None:
-        value += f" ± {s['sd'] / scale:,.{digits}f}"
-    value += f" {unit}".rstrip()
-    return value + (f" ({s['n']}/{s['of']} reached)" if s["n"] < s["of"] else "")
-
-
-def table(summary: dict) -> str:
-    longest = max(r["wall_s"]["max"] for r in summary["schedules"])
-    unit, scale, digits = ("min", 60.0, 1) if longest >= 600 else ("s", 1.0, 1)
-    lines = ["| schedule | seeds | final val RMSE | best val RMSE | wall time | images seen | time to target | "
-             "images to target |", "|---|---|---|---|---|---|---|---|"]
-    for r in summary["schedules"]:
-        name = f"`{r['schedule']}`" + (" (plain)" if r["kind"] == "plain" else "")
-        lines.append(f"| {name} | {len(r['seeds'])} | {fmt_spread(r['final_val_rmse'])} | {fmt_spread(r['best_val_rmse'])} | "
-                     f"{fmt_spread(r['wall_s'], unit, digits, scale)} | {fmt_spread(r['images'], '', 0)} | "
-                     f"{fmt_spread(r['time_to_target_s'], unit, digits, scale)} | {fmt_spread(r['images_to_target'], '', 0)} |")
-    return "\n".join(lines)
-
-
-def report(summary: dict) -> str:
-    p = summary["provenance"]
-    return (f"{table(summary)}\n\nMean ± standard deviation over seeds. Target: val RMSE <= {summary['target_rmse']:.5f} "
-            f"({summary['target_rule']}). Wall time: the sum of the epochs' training + validation time (process start "
-            f"and model build left out).\n\n{summary['verdict']}.\n\nMachine: {p['cpu']} ({p['cpu_cores']} cores), GPU: "
-            f"{p['gpu'] or 'none'}; commit {p['git_commit'][:10]}; {p['date']}.\n")
-
-
-def untimed(obj):
-    """summary.json without the fields that measure time: what an interrupted and an uninterrupted
-    experiment share exactly."""
-    if isinstance(obj, dict):
-        return {k: untimed(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [untimed(v) for v in obj]
-    return obj
+def write_results(out: Path, summary: dict) -> str:
+    """summary.json, summary.md and figure2.png, each written whole or not at all; returns the report."""
+    for name in RESULT_FILES:  # checked again: the experiment may have run for hours since check_folder
+        check_kind(out / name, "file", "--out")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    text = report(summary)
+    write_atomic(out / "summary.md", f"# Curriculum experiment: {out.name}\n\n{text}")
+    figure2(summary, out / "figure2.png")
+    return text
 
 
 # --- Figure 2 -------------------------------------------------------------------------------------
@@ -482,44 +418,60 @@ CURRICULUM_COLOURS = ["#1f77b4", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#1
 PLAIN_COLOUR = "#7f7f7f"
 
 
-def figure2(summary: dict, out: Path) -> Path:
+def figure2(summary: dict, path: Path) -> Path:
     """The study's Figure 2 for the experiment: training loss per epoch, validation RMSE against wall time
     and against images seen. One line per schedule (the mean over seeds; plain in grey), the min-max of
     the seeds shaded, markers filled by curriculum stage, the target RMSE dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), constrained_layout=True)
+    try:
+        colours = iter(CURRICULUM_COLOURS * 4)
+        handles = [draw_schedule(axes, [r["curve"] for r in summary["runs"] if r["schedule"] == row["schedule"]],
+                                 row["schedule"], PLAIN_COLOUR if row["kind"] == "plain" else next(colours))
+                   for row in summary["schedules"]]
+        label_axes(axes, handles, summary["target_rmse"])
+        with atomic_path(path) as tmp:  # like every result the experiment writes: whole or not at all
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def draw_schedule(axes, curves: list[list[dict]], schedule: str, colour: str):
+    """One schedule on the three panels: the mean over its seeds' curves (as long as the shortest), the
+    seeds' min-max shaded; returns its legend entry."""
+    from matplotlib.lines import Line2D
+
+    n = min(len(c) for c in curves)
+
+    def column(key, i):
+        return [c[i][key] for c in curves]
+
+    epochs = [curves[0][i]["epoch"] for i in range(n)]
+    faces = [STAGE_FACE.get(curves[0][i]["stage"], "white") for i in range(n)]
+    x_time = [statistics.fmean(column("time_s", i)) / 60 for i in range(n)]
+    x_img = [statistics.fmean(column("images", i)) for i in range(n)]
+    for ax, x, key in zip(axes, (epochs, x_time, x_img), ("train_loss", "val_rmse", "val_rmse")):
+        mean = [statistics.fmean(column(key, i)) for i in range(n)]
+        ax.fill_between(x, [min(column(key, i)) for i in range(n)], [max(column(key, i)) for i in range(n)],
+                        color=colour, alpha=0.18, lw=0)
+        ax.plot(x, mean, color=colour, lw=1.8, zorder=3)
+        ax.scatter(x, mean, s=22, zorder=4, edgecolors=colour, linewidths=1.2, c=faces)
+    return Line2D([], [], color=colour, lw=1.8, label=f"{schedule} ({len(curves)} seeds)")
+
+
+def label_axes(axes, handles: list, target: float):
+    """The target line on the RMSE panels, the axes' labels and titles, and the legend."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2), constrained_layout=True)
     ax_loss, ax_time, ax_img = axes
-    colours = iter(CURRICULUM_COLOURS * 4)
-    handles = []
-    for row in summary["schedules"]:
-        curves = [r["curve"] for r in summary["runs"] if r["schedule"] == row["schedule"]]
-        n = min(len(c) for c in curves)
-        colour = PLAIN_COLOUR if row["kind"] == "plain" else next(colours)
-
-        def column(key, i, curves=curves):
-            return [c[i][key] for c in curves]
-
-        epochs = [curves[0][i]["epoch"] for i in range(n)]
-        stages = [curves[0][i]["stage"] for i in range(n)]
-        x_time = [statistics.fmean(column("time_s", i)) / 60 for i in range(n)]
-        x_img = [statistics.fmean(column("images", i)) for i in range(n)]
-        for ax, x, key in ((ax_loss, epochs, "train_loss"), (ax_time, x_time, "val_rmse"), (ax_img, x_img, "val_rmse")):
-            mean = [statistics.fmean(column(key, i)) for i in range(n)]
-            ax.fill_between(x, [min(column(key, i)) for i in range(n)], [max(column(key, i)) for i in range(n)],
-                            color=colour, alpha=0.18, lw=0)
-            ax.plot(x, mean, color=colour, lw=1.8, zorder=3)
-            ax.scatter(x, mean, s=22, zorder=4, edgecolors=colour, linewidths=1.2,
-                       c=[STAGE_FACE.get(s, "white") for s in stages])
-        handles.append(Line2D([], [], color=colour, lw=1.8, label=f"{row['schedule']} ({len(curves)} seeds)"))
-    target = summary["target_rmse"]
     for ax in (ax_time, ax_img):
         ax.axhline(target, color="black", ls="--", lw=1)
-    handles.append(Line2D([], [], color="black", ls="--", lw=1, label=f"target RMSE {target:.4f}"))
+    handles = [*handles, Line2D([], [], color="black", ls="--", lw=1, label=f"target RMSE {target:.4f}")]
     handles += [Line2D([], [], ls="", marker="o", markerfacecolor=f, markeredgecolor="black", label=f"stage {s}")
                 for s, f in (*STAGE_FACE.items(), ("all", "white"))]
     ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -530,13 +482,8 @@ def figure2(summary: dict, out: Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
     ax_img.legend(handles=handles, fontsize=8, loc="upper right")
-    fig.suptitle("Curriculum against plain training: mean over seeds, shaded from the lowest to the highest seed",
-                 fontsize=11)
-    tmp = out.with_name(f".{out.name}{TMP_MARK}{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)  # atomic, like every result the experiment writes
-    return out
+    ax_img.figure.suptitle("Curriculum against plain training: mean over seeds, shaded from the lowest to the highest "
+                           "seed", fontsize=11)
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -598,41 +545,41 @@ def ensure_shards(args) -> PackedSet:
         raise ExperimentError(f"--shards {args.shards}: {exc}") from None
 
 
+def experiment(argv) -> int:
+    """The experiment: checks everything, records the plan, trains what is missing, writes the results."""
+    args = parse_args(argv)
+    check_trainer_flags(args.trainer_flags)
+    args.quick_flags = quick_flags(args)
+    old = check_folder(args.out)
+    packed = ensure_shards(args)
+    import torch
+    runs, settings = resolve_runs(args, torch.cuda.is_available())
+    check_run_paths(runs, args.out)
+    plan = {"settings": settings, "data_fingerprint": packed.fingerprint, "shards": str(args.shards),
+            "config_file": args.config, "trainer_flags": args.quick_flags + args.trainer_flags, "launch": args.launch}
+    record_plan(args.out, plan, old)
+    with experiment_lock(args.out) as fd:
+        print(f"{PROG}: {len(args.schedules)} schedule(s) x {args.seeds} seed(s) = {len(runs)} runs in {args.out}",
+              flush=True)
+        rc = run_all(args, runs, fd)
+        if rc:
+            return rc
+        summary = summarize_runs(args.schedules, runs, args.out, args.target)
+        summary["provenance"] = provenance()
+        summary["experiment"] = {"schedules": args.schedules, "seeds": list(range(args.seeds)), **plan}
+        text = write_results(args.out, summary)
+    print("\n" + text)
+    print(f"results: {', '.join(str(args.out / name) for name in RESULT_FILES)}")
+    return 0
+
+
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-        check_trainer_flags(args.trainer_flags)
-        args.quick_flags = quick_flags(args)
-        old = check_folder(args.out)
-        packed = ensure_shards(args)
-        import torch
-        runs, settings = resolve_runs(args, torch.cuda.is_available())
-        plan = {"settings": settings, "data_fingerprint": packed.fingerprint, "shards": str(args.shards),
-                "config_file": args.config, "trainer_flags": args.quick_flags + args.trainer_flags,
-                "launch": args.launch}
-        record_plan(args.out, plan, old)
-        with experiment_lock(args.out) as fd:
-            print(f"{PROG}: {len(args.schedules)} schedule(s) x {args.seeds} seed(s) = {len(runs)} runs in {args.out}",
-                  flush=True)
-            rc = run_all(args, runs, fd)
-            if rc:
-                return rc
-            summary = summarize(args.schedules, runs, args.out, args.target)
-            summary["provenance"] = provenance()
-            summary["experiment"] = {"schedules": args.schedules, "seeds": list(range(args.seeds)), **plan}
-            write_atomic(args.out / "summary.json", json.dumps(summary, indent=1) + "\n")
-            text = report(summary)
-            write_atomic(args.out / "summary.md", f"# Curriculum experiment: {args.out.name}\n\n{text}")
-            figure2(summary, args.out / "figure2.png")
-        print("\n" + text)
-        print(f"results: {args.out / 'summary.json'}, {args.out / 'summary.md'}, {args.out / 'figure2.png'}")
-        return 0
-    except (ExperimentError, ConfigError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{PROG}: error: cannot write or read {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+    def command() -> int:
+        try:
+            return experiment(argv)
+        except ConfigError as exc:  # the trainer's own config code checks the runs: its errors are the user's too
+            raise ExperimentError(str(exc)) from None
+    return run_command(PROG, command)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from gzfast.metrics_log import TRACKER_PROJECT
 
 from helpers import REPO
 
+sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of the repo, not an installed package
+from benchmarks import experiment_summary as summ  # noqa: E402
+
 spec = importlib.util.spec_from_file_location("curriculum_experiment", REPO / "benchmarks" / "curriculum.py")
 exp = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = exp  # its dataclass looks itself up there
@@ -56,7 +59,7 @@ def test_summary_target_reach_verdict_and_figure(tmp_path):
             fake_run(tmp_path, "high:1,all:2", 0, [0.18, 0.11, 0.10], seconds=5),
             fake_run(tmp_path, "high:1,all:2", 1, [0.18, 0.111, 0.105], seconds=5),
             fake_run(tmp_path, "high:2,all:1", 0, [0.30, 0.30, 0.30]), fake_run(tmp_path, "high:2,all:1", 1, [0.3, 0.3, 0.11])]
-    summary = exp.summarize(["all:3", "high:1,all:2", "high:2,all:1"], runs, tmp_path, None)
+    summary = exp.summarize_runs(["all:3", "high:1,all:2", "high:2,all:1"], runs, tmp_path, None)
     assert summary["reference"] == "all:3" and summary["target_rmse"] == pytest.approx(0.11 * 1.02)
     plain, cur, never = summary["schedules"]
     assert plain["final_val_rmse"]["mean"] == pytest.approx(0.11) and plain["final_val_rmse"]["sd"] == pytest.approx(0.01414, abs=1e-4)
@@ -70,26 +73,27 @@ def test_summary_target_reach_verdict_and_figure(tmp_path):
     runs_by_name = {(r["schedule"], r["seed"]): r for r in summary["runs"]}
     assert runs_by_name[("all:3", 1)]["time_to_target_s"] is None and runs_by_name[("all:3", 0)]["folder"] == "runs/all3-seed0"
     summary["provenance"] = {"cpu": "test cpu", "cpu_cores": 2, "gpu": None, "git_commit": "0" * 40, "date": "today"}
-    text = exp.report(summary)
+    text = summ.report(summary)
     assert "| `all:3` (plain) | 2 | 0.11000 ± 0.01414 |" in text and "not reached (0/2)" not in text.split("\n")[2]
     assert "30.0 s (1/2 reached)" in text and "10.0 ± 0.0 s" in text
     png = exp.figure2(summary, tmp_path / "figure2.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
-    assert exp.untimed(summary)["schedules"][0].keys() >= {"final_val_rmse", "images_to_target"}
-    assert "wall_s" not in exp.untimed(summary)["schedules"][0] and "verdict" not in exp.untimed(summary)
+    assert summ.untimed(summary)["schedules"][0].keys() >= {"final_val_rmse", "images_to_target"}
+    assert "wall_s" not in summ.untimed(summary)["schedules"][0] and "verdict" not in summ.untimed(summary)
 
 
 def test_verdict_compares_the_difference_with_the_seed_spread(tmp_path):
     def verdict(plain_s, cur_s):
-        rows = [{"schedule": s, "time_to_target_s": exp.spread(v)} for s, v in (("all:2", plain_s), ("high:1,all:1", cur_s))]
-        return exp.verdict(rows, "all:2", 0.1)
-    clear = verdict([100, 102], [80, 81])
-    assert clear["fastest"] == "high:1,all:1" and clear["exceeds_seed_spread"] is True
-    assert clear["saving_vs_reference"] == pytest.approx(1 - 80.5 / 101) and "larger than the seed spread" in clear["verdict"]
-    noisy = verdict([100, 130], [90, 120])
-    assert noisy["fastest"] == "high:1,all:1" and noisy["exceeds_seed_spread"] is False and "within the seed spread" in noisy["verdict"]
-    slower = verdict([50, 52], [80, 81])
-    assert slower["fastest"] == "all:2" and "takes 58% more time than all:2" in slower["verdict"]
+        rows = [{"schedule": s, "time_to_target_s": summ.spread(v)} for s, v in (("all:2", plain_s), ("high:1,all:1", cur_s))]
+        found = summ.verdict(rows, "all:2", 0.1)
+        return found, summ.verdict_sentence(found)
+    clear, words = verdict([100, 102], [80, 81])
+    assert clear.fastest == "high:1,all:1" and clear.exceeds_seed_spread is True
+    assert clear.saving_vs_reference == pytest.approx(1 - 80.5 / 101) and "larger than the seed spread" in words
+    noisy, words = verdict([100, 130], [90, 120])
+    assert noisy.fastest == "high:1,all:1" and noisy.exceeds_seed_spread is False and "within the seed spread" in words
+    slower, words = verdict([50, 52], [80, 81])
+    assert slower.fastest == "all:2" and "takes 58% more time than all:2" in words
 
 
 # --- refusals (one line, exit 2, nothing trained) -------------------------------------------------------
@@ -132,6 +136,74 @@ def test_bad_input_is_one_line_and_exit_2(case, synth_shards, tmp_path, capsys):
         assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     else:
         assert not out.exists() or not (out / "runs").exists()
+
+
+def tree(root: Path) -> dict:
+    """Every path under `root` (and `root` itself): a link's target, a file's bytes, or None for a folder."""
+    paths = [root, *root.rglob("*")] if root.is_dir() and not root.is_symlink() else [root]
+    return {p: os.readlink(p) if p.is_symlink() else (p.read_bytes() if p.is_file() else None) for p in paths if p.exists()}
+
+
+OUTPUT_CASES = {  # what is at a name the experiment writes -> the refusal
+    "out_is_file": "is a file, not a folder", "result_is_folder": "summary.md is not a file the experiment wrote",
+    "result_is_link": "figure2.png is not a file the experiment wrote", "lock_is_link": ".lock is not a file",
+    "results_without_plan": "holds summary.json but no experiment.json", "plan_not_a_mapping": "not an experiment's plan",
+    "foreign_log": "all3-seed0.log is not a log the experiment wrote", "log_is_link": "all3-seed0.log is not a file",
+    "run_is_file": "all3-seed0 is not a folder", "foreign_data": "not --quick's data (notes.txt)"}
+
+
+@pytest.mark.parametrize("case", sorted(OUTPUT_CASES))
+def test_no_output_replaces_a_file_the_experiment_did_not_write(case, synth_shards, tmp_path, capsys):
+    out, mine = tmp_path / "exp", tmp_path / "mine.txt"
+    mine.write_text("mine")
+    if case == "out_is_file":
+        out = mine
+    else:
+        out.mkdir()
+    if case not in ("out_is_file", "results_without_plan"):
+        (out / "experiment.json").write_text("[1]" if case == "plan_not_a_mapping" else "{}")
+    where = {"result_is_folder": "summary.md", "result_is_link": "figure2.png", "lock_is_link": ".lock",
+             "results_without_plan": "summary.json", "foreign_log": "logs/all3-seed0.log", "log_is_link": "logs/all3-seed0.log",
+             "run_is_file": "runs/all3-seed0", "foreign_data": "data/notes.txt"}.get(case)
+    if where:
+        path = out / where
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if case.endswith("_is_link"):
+            path.symlink_to(mine)
+        elif case == "result_is_folder":
+            path.mkdir()
+            (path / "notes.md").write_text("mine")
+        else:
+            path.write_text("my notes")
+    before = tree(out)
+    assert exp.main(["--shards", str(synth_shards), "--out", str(out), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("curriculum: error: ") and OUTPUT_CASES[case] in err and err.count("\n") == 1, err
+    assert tree(out) == before and mine.read_text() == "mine"  # nothing written, nothing replaced
+
+
+def test_results_are_not_written_over_what_appeared_during_the_experiment(tmp_path):
+    runs = [fake_run(tmp_path, "all:2", 0, [0.2, 0.1])]
+    summary = exp.summarize_runs(["all:2"], runs, tmp_path, None)
+    (tmp_path / "summary.md").mkdir()  # made while the runs trained, after the folder was checked
+    with pytest.raises(exp.ExperimentError, match="summary.md is not a file"):
+        exp.write_results(tmp_path, summary)
+    assert not (tmp_path / "summary.json").exists() and not any((tmp_path / "summary.md").iterdir())
+
+
+def test_figure_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    summary = exp.summarize_runs(["all:2"], [fake_run(tmp_path, "all:2", 0, [0.2, 0.1])], tmp_path, None)
+    png = tmp_path / "figure2.png"
+    png.write_bytes(b"the previous figure")
+
+    def cut(fig, fname, **kw):  # a crash halfway through the write
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Figure, "savefig", cut)
+    with pytest.raises(OSError):
+        exp.figure2(summary, png)
+    assert png.read_bytes() == b"the previous figure" and sorted(p.name for p in tmp_path.iterdir()) == ["figure2.png", "runs"]
 
 
 def test_a_run_folder_with_foreign_files_is_left_alone(tmp_path):
@@ -183,7 +255,7 @@ def test_quick_experiment_summary_figure_and_no_rework(quick_experiment, synth_s
     again = finish(experiment(synth_shards, out, *QUICK))
     assert again.count("finished before") == 4 and "starting" not in again and "continuing" not in again
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*")} == before
-    assert exp.untimed(json.loads((out / "summary.json").read_text())) == exp.untimed(summary)
+    assert summ.untimed(json.loads((out / "summary.json").read_text())) == summ.untimed(summary)
     assert time.time() - t0 < 60
 
 
@@ -202,7 +274,7 @@ def test_killed_experiment_continues_to_the_same_summary(quick_experiment, synth
     log = finish(experiment(synth_shards, out, *QUICK))
     assert "[1/4 all:3 seed 0] continuing after epoch" in log and "[2/4 high:1,all:2 seed 0] starting" in log
     reference = json.loads((quick_experiment[0] / "summary.json").read_text())
-    assert exp.untimed(json.loads((out / "summary.json").read_text())) == exp.untimed(reference)
+    assert summ.untimed(json.loads((out / "summary.json").read_text())) == summ.untimed(reference)
 
 
 @pytest.mark.slow
