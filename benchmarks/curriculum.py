@@ -74,7 +74,8 @@ RESULT_FILES = ("summary.json", "summary.md", "figure2.png")
 # fingerprint) and a temp experiment.json cut by a kill. Anything else without experiment.json is not ours.
 BEFORE_PLAN = {"data", "experiment.json", ".lock"}
 QUICK_DATA_FOLDERS = {"synthetic", "shards"}
-TRAINER_FILES = {"config.json", "metrics.jsonl", "checkpoints", "summary.json", "curves.png", "gzfast", "wandb", "mlruns"}
+TRAINER_FILES = {"config.json", "metrics.jsonl", "checkpoints", "summary.json", "curves.png", "gzfast", "wandb", "mlruns",
+                 ".lock"}  # .lock: the run lock a killed trainer leaves behind
 LOG_START = b"$ "  # every log the runner writes begins with the command line
 
 
@@ -574,12 +575,7 @@ def experiment(argv) -> int:
 
 
 def main(argv=None) -> int:
-    def command() -> int:
-        try:
-            return experiment(argv)
-        except ConfigError as exc:  # the trainer's own config code checks the runs: its errors are the user's too
-            raise ExperimentError(str(exc)) from None
-    return run_command(PROG, command)
+    return run_command(PROG, lambda: experiment(argv))
 
 
 if __name__ == "__main__":

@@ -52,13 +52,13 @@ class Training:
         return self.accelerator.device
 
 
-def create_model(cfg: TrainConfig) -> GZ2Model:
+def create_model(cfg: TrainConfig, tree=None) -> GZ2Model:
     import timm
     if not timm.is_model(cfg.model):
         near = timm.list_models(f"*{cfg.model.split('.')[0][:8]}*")[:5]
         raise ConfigError(f"--model {cfg.model}: not a timm model" + (f" (similar: {', '.join(near)})" if near else "")
                           + "; `python -c 'import timm; print(timm.list_models())'` lists them")
-    return GZ2Model(cfg.model, cfg.head)
+    return GZ2Model(cfg.model, cfg.head, tree)
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -71,7 +71,7 @@ def make_accelerator(cfg: TrainConfig):
 
 
 def build_training(cfg: TrainConfig, accelerator=None, model_state: dict | None = None,
-                   optimizer_state: dict | None = None) -> Training:
+                   optimizer_state: dict | None = None, tree=None) -> Training:
     """Seeds, creates the model (pretrained weights, freezing, channels-last), the AdamW groups and the
     Accelerator, restores states when given, then compiles and prepares. The notes say what was done."""
     from accelerate.utils import set_seed
@@ -84,7 +84,7 @@ def build_training(cfg: TrainConfig, accelerator=None, model_state: dict | None 
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     set_seed(cfg.seed)
-    model = create_model(cfg)
+    model = create_model(cfg, tree)
     notes = []
     if cfg.pretrained:
         try:

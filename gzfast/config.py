@@ -21,8 +21,7 @@ from shard_tools.layout import IMAGE_SIDE
 
 from .curriculum import DEFAULT_SCHEDULE, ScheduleError, default_schedule, parse_schedule, total_epochs
 from .loaders import LOADERS, geometry_problem
-
-HEADS = ("sigmoid", "tree")
+from .losses import LOSSES
 
 # Keys that may differ between a run and its resumption without changing what it computes.
 # Run control: how this invocation runs, not what it computes. Never saved (config.json, checkpoints).
@@ -32,9 +31,9 @@ RUN_CONTROL = {"resume", "force", "plot", "ceiling_probe", "verify_shards", "log
 RESUME_FREE = RUN_CONTROL | {"out", "log_every", "workers"}
 
 
-# What config.json records about the launch (the trainer adds them): not settings, so a config file may
-# carry them and they are ignored.
-LAUNCH_FACTS = {"world_size", "per_process_batch"}
+# What config.json records about the launch and the data (the trainer adds them: the process count, the
+# decision tree, the image side): not settings, so a config file may carry them and they are ignored.
+LAUNCH_FACTS = {"world_size", "per_process_batch", "data"}
 
 # --log-with: Accelerate's tracker name -> the package it needs (optional extras, pyproject `trackers`).
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -76,7 +75,11 @@ class TrainConfig:
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (not on norms/biases)"})
     lr_schedule: str = field(default="constant", metadata={"help": "constant (the study) or cosine"})
     warmup_epochs: float = field(default=0.0, metadata={"help": "linear LR warm-up, in epochs"})
-    head: str = field(default="sigmoid", metadata={"help": "sigmoid or tree (decision-tree constrained)"})
+    loss: str = field(default="mse", metadata={
+        "help": "mse (on vote fractions, the Kaggle metric) or dirichlet (Dirichlet-multinomial on vote counts; "
+                "needs a set packed from counts)"})
+    head: str = field(default="auto", metadata={
+        "help": "sigmoid or tree (decision-tree constrained) for --loss mse; dirichlet for --loss dirichlet (auto: sigmoid, or dirichlet)"})
     pretrained: str | None = field(default=None, metadata={"help": "local timm state dict (.safetensors/.pth)"})
     zoom: float = field(default=0.0, metadata={"help": "train-time random zoom (relative crop jitter)"})
     shift: float = field(default=0.0, metadata={"help": "train-time random shift (relative to the crop)"})
@@ -128,6 +131,8 @@ class TrainConfig:
             c.precision = "bf16" if cuda else "fp32"
         if c.compile == "auto":
             c.compile = "on" if cuda else "off"
+        if c.head == "auto":
+            c.head = "dirichlet" if c.loss == "dirichlet" else "sigmoid"
         if c.freeze_stages is None:
             c.freeze_stages = 2 if c.pretrained else 0
         if c.out is None:
@@ -142,7 +147,9 @@ class TrainConfig:
         need(self.loader in LOADERS, f"loader {self.loader!r}: choose one of {', '.join(LOADERS)}")
         need(self.precision in ("bf16", "fp32"), f"precision {self.precision!r}: bf16 or fp32")
         need(self.compile in ("on", "off"), f"compile {self.compile!r}: auto, on or off")
-        need(self.head in HEADS, f"head {self.head!r}: choose one of {', '.join(HEADS)}")
+        need(self.loss in LOSSES, f"loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        fits = ("dirichlet",) if self.loss == "dirichlet" else ("sigmoid", "tree")
+        need(self.head in fits, f"head {self.head!r}: with --loss {self.loss} choose {' or '.join(fits)}")
         need(self.lr_schedule in ("constant", "cosine"), f"lr_schedule {self.lr_schedule!r}: constant or cosine")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")

@@ -17,6 +17,7 @@ class Prediction:
     ids: np.ndarray              # int64 N
     preds: np.ndarray            # float32 N×A
     labels: np.ndarray | None    # float32 N×A (labelled shards) or None
+    counts: np.ndarray | None    # float32 N×A vote counts (sets packed from counts) or None
     seconds: float               # the whole loop, first batch (pipeline start, compilation) included
     steady_per_s: float | None   # galaxies/s after the first batch (None with a single batch)
 
@@ -32,7 +33,7 @@ def predict_batches(forward: Callable[[torch.Tensor], torch.Tensor], batches, au
     """`forward(images)` over every real row of `batches` (iterable of loaders.Batch). `autocast()` gives
     the context each forward runs in; `outputs` is the number of predicted values per galaxy (for an empty
     input); `desc` shows a progress bar."""
-    preds, labels, ids = [], [], []
+    preds, labels, counts, ids = [], [], [], []
     total = len(batches) if hasattr(batches, "__len__") else None
     t0 = time.perf_counter()
     t_first, n_first = None, 0
@@ -44,6 +45,8 @@ def predict_batches(forward: Callable[[torch.Tensor], torch.Tensor], batches, au
         preds.append(out[:n].float())
         if batch.labels is not None:
             labels.append(batch.labels[:n])
+        if batch.counts is not None:
+            counts.append(batch.counts[:n])
         ids.append(batch.ids[:n].clone())
         if t_first is None:
             _sync(device)
@@ -54,8 +57,9 @@ def predict_batches(forward: Callable[[torch.Tensor], torch.Tensor], batches, au
     seconds = time.perf_counter() - t0
     n_all = sum(len(i) for i in ids)
     steady = (n_all - n_first) / (time.perf_counter() - t_first) if t_first is not None and n_all > n_first else None
-    return Prediction(
-        ids=torch.cat(ids).numpy().astype(np.int64) if ids else np.zeros(0, np.int64),
-        preds=torch.cat(preds).cpu().numpy().astype(np.float32) if preds else np.zeros((0, outputs), np.float32),
-        labels=torch.cat(labels).cpu().numpy() if labels else (np.zeros((0, outputs), np.float32) if not ids else None),
-        seconds=seconds, steady_per_s=steady)
+    empty = np.zeros((0, outputs), np.float32)  # a rank with nothing to evaluate still takes part
+
+    def host(parts):
+        return torch.cat(parts).cpu().numpy().astype(np.float32) if parts else (empty if not ids else None)
+    return Prediction(ids=torch.cat(ids).numpy().astype(np.int64) if ids else np.zeros(0, np.int64),
+                      preds=host(preds), labels=host(labels), counts=host(counts), seconds=seconds, steady_per_s=steady)

@@ -1,8 +1,6 @@
-"""The model: a timm ConvNeXt with a 37-output head, stage freezing, parameter groups, local weights.
-
-Output heads (DESIGN §2): `sigmoid` squashes each of the 37 outputs independently; `tree` is a
-constrained head after Dieleman (2014): per question a distribution over its answers, multiplied by the
-parent answer's value, so the predictions obey the GZ2 decision tree by construction.
+"""The model: a timm backbone with one output per answer of the decision tree, and its head
+(`gzfast.heads`: sigmoid, tree-constrained softmax, or Dirichlet concentrations); stage freezing, parameter
+groups, local weights.
 """
 from __future__ import annotations
 
@@ -12,43 +10,29 @@ import timm
 import torch
 from torch import nn
 
-from shard_tools.schema import QUESTIONS
+from .heads import HEADS, TreeHead, kaggle_tree, make_head, to_fractions
 
-from .config import HEADS
-
-
-class TreeHead(nn.Module):
-    """Maps 37 raw outputs to vote fractions that obey the decision tree: a softmax over each question's
-    answers, times the parent answer's value.
-
-    Why a softmax and not Dieleman's clamp-at-0-and-normalise: with a freshly initialised classifier about
-    half of the raw outputs start below 0, where the clamp passes no gradient, so those answers stay dead
-    (predicted ~0 for every galaxy) and the head trains poorly. The softmax has a gradient everywhere,
-    starts at the uniform split, and still sums exactly to the parent value."""
-
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        raw = raw.float()
-        columns: list[torch.Tensor | None] = [None] * raw.shape[1]  # out of place: autograd needs parents intact
-        for q in QUESTIONS:  # parents come first (asserted in the schema)
-            part = torch.softmax(raw[:, list(q.columns)], dim=1)
-            if q.parent is not None:
-                part = part * columns[q.parent]
-            for k, c in enumerate(q.columns):
-                columns[c] = part[:, k:k + 1]
-        return torch.cat(columns, dim=1)
+__all__ = ["GZ2Model", "TreeHead", "freeze", "frozen_modules", "load_pretrained", "param_groups"]
 
 
 class GZ2Model(nn.Module):
-    def __init__(self, name: str = "convnext_small", head: str = "sigmoid", drop_path_rate: float = 0.0):
+    """`backbone` (timm, `tree.n` outputs) then `head`. `forward` gives the head's outputs (fractions, or
+    concentrations for the dirichlet head); `fractions` turns them into cumulative vote fractions."""
+
+    def __init__(self, name: str = "convnext_small", head: str = "sigmoid", tree=None, drop_path_rate: float = 0.0):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-        self.backbone = timm.create_model(name, pretrained=False, num_classes=37, drop_path_rate=drop_path_rate)
-        self.tree = TreeHead() if head == "tree" else None
+        self.tree = tree if tree is not None else kaggle_tree()
+        self.kind = head
+        self.backbone = timm.create_model(name, pretrained=False, num_classes=self.tree.n, drop_path_rate=drop_path_rate)
+        self.head = make_head(head, self.tree)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        raw = self.backbone(images)
-        return self.tree(raw) if self.tree is not None else torch.sigmoid(raw.float())
+        return self.head(self.backbone(images).float())
+
+    def fractions(self, outputs: torch.Tensor) -> torch.Tensor:
+        return to_fractions(outputs, self.kind, self.tree)
 
 
 def load_pretrained(model: GZ2Model, path: str | Path) -> dict:

@@ -67,9 +67,10 @@ class RunState:
         self.epoch, self.step, self.stats = self.epoch + 1, 0, EpochStats()
 
 
-def checkpoint_payload(cfg_dict: dict, data_fingerprint: str, model_state: dict, optimizer_state: dict,
-                       world_size: int, run: dict) -> dict:
-    """Everything a checkpoint holds: what the run computes from (config, the data's fingerprint), its
-    weights and optimizer, the RNG, the process count, and its progress (`RunState.state_dict()`)."""
-    return {"config": cfg_dict, "data_fingerprint": data_fingerprint, "model": model_state,
+def checkpoint_payload(cfg_dict: dict, data_fingerprint: str, data_facts: dict, model_state: dict,
+                       optimizer_state: dict, world_size: int, run: dict) -> dict:
+    """Everything a checkpoint holds: what the run computes from (config, the data's fingerprint and the
+    facts a reader needs without the shards: the tree, the image side), its weights and optimizer, the
+    RNG, the process count, and its progress (`RunState.state_dict()`)."""
+    return {"config": cfg_dict, "data_fingerprint": data_fingerprint, "data": data_facts, "model": model_state,
             "optimizer": optimizer_state, "world_size": world_size, "rng": ckpt.rng_state(), **run}

@@ -24,7 +24,6 @@ if __package__ in (None, ""):  # run as a script (accelerate launch gzfast/train
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from gzfast import ceiling, distributed
@@ -33,9 +32,11 @@ from gzfast.build import Training, build_training, make_accelerator
 from gzfast.config import ConfigError, TrainConfig
 from gzfast.curriculum import check_schedule, parse_schedule, shards_for_epoch, stage_at
 from gzfast.eval_loop import predict_batches
+from gzfast.heads import to_fractions
 from gzfast.loaders import LoaderError, make_loader
 from gzfast.loaders.labels import read_labels
 from gzfast.loaders.prefetch import NextLoader
+from gzfast.losses import DirichletLoss, dirichlet_multinomial_nll, mse
 from gzfast.metrics import evaluation_report, rmse
 from gzfast.metrics_log import MetricsLog
 from gzfast.resume import check_resume, resolve_config, run_lock
@@ -54,17 +55,14 @@ class TrainingStopped(UserError):
     exit_code = 3
 
 
-def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(pred.float(), target.float())
-
-
-def training_step(model, optimizer, accelerator, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """One (micro-)step: forward under autocast, MSE, backward, and the optimizer step when the
-    accumulation window closes. Returns the loss, still on the device (no host sync)."""
+def training_step(model, optimizer, accelerator, images: torch.Tensor, targets: torch.Tensor, loss_fn=None) -> torch.Tensor:
+    """One (micro-)step: forward under autocast, the loss (MSE on fractions unless `loss_fn` says
+    otherwise), backward, and the optimizer step when the accumulation window closes. Returns the loss,
+    still on the device (no host sync)."""
     with accelerator.accumulate(model):
         with accelerator.autocast():
             pred = model(images)
-        loss = mse(pred, labels)
+        loss = (loss_fn or mse)(pred, targets)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -94,6 +92,9 @@ def open_training_data(cfg: TrainConfig) -> tuple[PackedSet, list]:
     """The packed set and the schedule, checked before epoch 1: every stage selects shards, there is a
     validation split, and the shards trained on match the manifest."""
     data = PackedSet.open(cfg.shards)
+    if cfg.loss == "dirichlet" and not data.has_counts:
+        raise ConfigError(f"--loss dirichlet trains on vote counts, and {cfg.shards} was packed from fractions only; "
+                          f"pack the catalogue with --labels counts, or train with --loss mse")
     schedule = parse_schedule(cfg.schedule_text(), cfg.epochs)
     check_schedule(data, schedule)
     if not data.paths("val"):
@@ -136,7 +137,8 @@ class Trainer:
         if resume_state is not None:
             check_resume(resume_state, cfg, self.data.fingerprint, acc.num_processes)
         resume = resume_state or {}
-        self.t: Training = build_training(cfg, acc, resume.get("model"), resume.get("optimizer"))
+        self.tree = self.data.tree
+        self.t: Training = build_training(cfg, acc, resume.get("model"), resume.get("optimizer"), tree=self.tree)
         check_steps(cfg, self.data, self.schedule, self.t, acc.num_processes)
         # from the config, not the optimizer: a resumed optimizer's groups hold the last scheduled LR
         self.base_lrs = [cfg.lr_head if g["name"].startswith("head") else cfg.lr_backbone
@@ -145,6 +147,8 @@ class Trainer:
         if resume:
             self.log.truncate(resume["metrics_lines"])
             ckpt.set_rng_state(resume["rng"])
+        # looked up here, not at import: a test may replace the module's mse
+        self.loss_fn = DirichletLoss(self.tree) if cfg.loss == "dirichlet" else mse
         self.stop = StopRequest(acc)
         self.next_loader = NextLoader(self._train_loader, acc.device)
         self.val_loader = None
@@ -155,7 +159,8 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         return dict(batch_size=self.t.micro_batch, image_size=cfg.image_size, crop_size=cfg.crop_size,
                     rank=acc.process_index, world_size=acc.num_processes, seed=cfg.seed, workers=self.t.loader_workers,
-                    device=acc.device, dtype=self.t.image_dtype)
+                    device=acc.device, dtype=self.t.image_dtype, source_side=self.data.image_side,
+                    label_count=self.tree.n, has_counts=self.data.has_counts)
 
     def _train_loader(self, epoch: int):
         return make_loader(self.cfg.loader, shards_for_epoch(self.data, self.schedule, epoch), train=True, epoch=epoch,
@@ -186,7 +191,8 @@ class Trainer:
                 st.first_batch_wait += waited
             for g, base in zip(t.optimizer.param_groups, self.base_lrs):
                 g["lr"] = base * lr_factor(cfg, state.epoch + state.step / n_batches)
-            sums += training_step(t.train_model, t.optimizer, acc, batch.images, batch.labels)
+            targets = batch.counts if cfg.loss == "dirichlet" else batch.labels
+            sums += training_step(t.train_model, t.optimizer, acc, batch.images, targets, self.loss_fn)
             st.loss_count, st.window_count = st.loss_count + 1, st.window_count + 1
             st.samples += len(batch) * acc.num_processes
             state.step, state.global_step = state.step + 1, state.global_step + 1
@@ -232,18 +238,26 @@ class Trainer:
 
     # --- the epoch's end -----------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        """Validation over every val sample once, across processes (each rank its slice)."""
-        acc = self.accelerator
+        """Validation over every val sample once, across processes (each rank its slice): RMSE on the
+        fractions overall, per question and per tier; with --loss dirichlet also the mean NLL per question."""
+        acc, cfg = self.accelerator, self.cfg
         if self.val_loader is None:
-            self.val_loader = make_loader(self.cfg.loader, self.val_paths, train=False, pad_last_batch=True,
+            self.val_loader = make_loader(cfg.loader, self.val_paths, train=False, pad_last_batch=True,
                                           **self._loader_args())
         model = self.t.train_model
         model.eval()
-        mine = predict_batches(model, self.val_loader, acc.autocast, acc.device, 37)
+        mine = predict_batches(model, self.val_loader, acc.autocast, acc.device, self.tree.n)
         model.train()
-        parts = distributed.gather((mine.preds, mine.labels))
-        return evaluation_report(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                                 self.data.thresholds["high"], self.data.thresholds["low"])
+        parts = distributed.gather((mine.preds, mine.labels, mine.counts))
+        outputs, labels = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
+        fractions = to_fractions(torch.from_numpy(outputs), cfg.head, self.tree).numpy()
+        report = evaluation_report(fractions, labels, self.data.thresholds["high"], self.data.thresholds["low"], self.tree)
+        if cfg.loss == "dirichlet":
+            counts = torch.from_numpy(np.concatenate([p[2] for p in parts]))
+            nll = dirichlet_multinomial_nll(torch.from_numpy(outputs), counts, self.tree).mean(dim=0).tolist()
+            report["nll_per_question"] = {q.name: v for q, v in zip(self.tree.questions, nll)}
+            report["nll"] = float(sum(nll))
+        return report
 
     def end_epoch(self, state: RunState):
         """Validation, the epoch's record and console line, best tracking, the epoch-end checkpoint."""
@@ -257,6 +271,7 @@ class Trainer:
         record = {"kind": "epoch", "epoch": state.epoch + 1, "stage": stage.name, "stage_index": stage_index,
                   "train_loss": loss_sum / max(loss_count, 1), "samples": st.samples, "val_rmse": report["rmse"],
                   "val_per_question": report["per_question"], "val_per_tier": report["per_tier"],
+                  **({"val_nll": report["nll"], "val_nll_per_question": report["nll_per_question"]} if "nll" in report else {}),
                   "epoch_time": st.train_time + eval_time, "data_wait": st.data_wait,
                   "first_batch_wait": st.first_batch_wait, "compute_time": st.train_time - st.data_wait,
                   "eval_time": eval_time, "images_per_s": st.samples / max(st.train_time, 1e-9),
@@ -280,7 +295,7 @@ class Trainer:
         if not self.is_main:
             return
         state.elapsed, state.metrics_lines = self.log.elapsed(), self.log.lines
-        payload = checkpoint_payload(self.cfg.to_dict(), self.data.fingerprint, self.t.model.state_dict(),
+        payload = checkpoint_payload(self.cfg.to_dict(), self.data.fingerprint, self.data_facts(), self.t.model.state_dict(),
                                      self.t.optimizer.state_dict(), acc.num_processes, state.state_dict(per_rank))
         ckpt.atomic_save(payload, self.ckpt_dir / ckpt.LAST)
         if best:
@@ -315,13 +330,19 @@ class Trainer:
             self.next_loader.close()
             self.log.end_trackers()
         if self.is_main:
-            write_summary(self.run_dir, self.log.epochs(), self.val_paths, self.data.paths("train"), cfg.plot)
+            write_summary(self.run_dir, self.log.epochs(), self.val_paths, self.data.paths("train"), self.tree.n, cfg.plot)
         return 0
 
     def run_config(self) -> dict:
         """config.json: the config, and how this launch split it (the batch is global; each process takes
         `per_process_batch` per accumulation step)."""
-        return {**self.cfg.to_dict(), "world_size": self.accelerator.num_processes, "per_process_batch": self.t.micro_batch}
+        return {**self.cfg.to_dict(), "world_size": self.accelerator.num_processes, "per_process_batch": self.t.micro_batch,
+                "data": self.data_facts()}
+
+    def data_facts(self) -> dict:
+        """What prediction, embedding and export need to know of the data without the shards."""
+        return {"tree": self.tree.to_dict(), "image_side": self.data.image_side, "has_counts": self.data.has_counts,
+                "fit": getattr(self.data, "fit", "crop")}
 
     def _announce(self):
         if not self.is_main:
@@ -337,8 +358,9 @@ class Trainer:
     def measure_ceiling(self) -> float | None:
         """The compute ceiling (gzfast.ceiling): the step on synthetic tensors, its effects undone."""
         t, acc = self.t, self.accelerator
-        rate = ceiling.measure_ceiling(t, lambda b: training_step(t.train_model, t.optimizer, acc, b.images, b.labels),
-                                       self.cfg.image_size, 37, self.cfg.ceiling_probe, self.cfg.grad_accum + 1)
+        rate = ceiling.measure_ceiling(
+            t, lambda b: training_step(t.train_model, t.optimizer, acc, b.images, b.labels, self.loss_fn),
+            self.cfg.image_size, self.tree.n, self.cfg.ceiling_probe, self.cfg.grad_accum + 1)
         if self.is_main and rate:
             print(f"compute ceiling: {rate:,.0f} img/s (the training step on synthetic tensors)", flush=True)
         return rate
@@ -353,10 +375,11 @@ def epoch_line(record: dict, epochs: int) -> str:
             f"(data wait {record['data_wait']:.1f} s) {record['images_per_s']:,.0f} img/s{ceil}")
 
 
-def write_summary(run_dir: Path, epochs: list[dict], val_paths: list[str], train_paths: list[str], plot: bool):
+def write_summary(run_dir: Path, epochs: list[dict], val_paths: list[str], train_paths: list[str], label_count: int,
+                  plot: bool):
     """The final table, this run against predicting the training mean for every galaxy, and summary.json."""
-    _, val_labels = read_labels(val_paths)
-    _, train_labels = read_labels(train_paths)
+    _, val_labels = read_labels(val_paths, label_count)
+    _, train_labels = read_labels(train_paths, label_count)
     baseline = rmse(np.broadcast_to(train_labels.astype(np.float64).mean(axis=0), val_labels.shape), val_labels)
     final, best = epochs[-1]["val_rmse"], min(r["val_rmse"] for r in epochs)
     total = sum(r["epoch_time"] for r in epochs)

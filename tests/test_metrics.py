@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from gzfast.metrics import evaluation_report, per_answer_rmse, per_question_rmse, per_tier_rmse, pooled_rmse, rmse
+from gzfast.evaluate import eval_report
+from gzfast.metrics import evaluation_report, per_question_rmse, per_tier_rmse, pooled_rmse, rmse
 from shard_tools import schema
 
 
@@ -36,5 +37,5 @@ def test_rmse_equals_a_hand_computation_on_a_small_table():
     assert per_q["Q1"] == pytest.approx(np.sqrt(0.25 / 6)) and per_q["Q11"] == pytest.approx(np.sqrt(0.16 / 12))
     sizes = {f"Q{q.number}": 2 * len(q.columns) for q in schema.QUESTIONS}
     assert pooled_rmse((per_q[k], sizes[k]) for k in per_q) == pytest.approx(rmse(pred, target), rel=1e-12)
-    answers = per_answer_rmse(pred, target)
-    assert answers["Class1.1"] == pytest.approx(np.sqrt(0.25 / 2)) and answers["Class1.2"] == 0
+    answers = eval_report(pred, target, np.zeros(37), 0.94, 0.85)["per_answer"]
+    assert answers["Class1.1"]["model"] == pytest.approx(np.sqrt(0.25 / 2)) and answers["Class1.2"]["model"] == 0

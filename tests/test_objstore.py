@@ -179,3 +179,36 @@ def test_predict_and_evaluate_read_s3(s3, synth_shards, tmp_path):
     assert evaluate.main(["--run", str(run), "--shards", s3, "--tta", "1", "--loader", "dali-cpu", "--no-plot"]) == 0
     report = __import__("json").loads((run / "eval.json").read_text())
     assert report["shards"].startswith("s3://") and SECRET not in (run / "eval.json").read_text()
+
+
+@pytest.mark.slow
+def test_a_pil_run_over_s3_resumes_exactly_with_another_worker_count(s3, tmp_path, monkeypatch):
+    """The pil loader reads samples at their index offsets, so its stream does not depend on the worker
+    count, remote or local: a run stopped after epoch 1 and resumed with other --workers ends where an
+    unbroken run ends."""
+    import json
+
+    from gzfast import train as train_mod
+    from gzfast.train import TIMING_KEYS
+
+    w = TINY.index("--workers")
+    args = ["--shards", s3, *TINY[:w], *TINY[w + 2:], "--loader", "pil", "--epochs", "2", "--deterministic"]
+
+    def untimed(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+    straight = tmp_path / "straight"
+    assert main([*args, "--out", str(straight), "--workers", "0"]) == 0
+    real_end = train_mod.Trainer.end_epoch
+
+    def end_then_interrupt(self, state):
+        real_end(self, state)
+        raise KeyboardInterrupt  # a second Ctrl-C right after epoch 1's checkpoint
+
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as m:
+        m.setattr(train_mod.Trainer, "end_epoch", end_then_interrupt)
+        assert main([*args, "--out", str(stopped), "--workers", "0"]) == 130
+    assert main([*args, "--out", str(stopped), "--workers", "1", "--resume"]) == 0
+    assert untimed(stopped) == untimed(straight)

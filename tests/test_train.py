@@ -14,6 +14,7 @@ import torch
 
 from gzfast import checkpoint as ckpt
 from gzfast import train as train_mod
+from gzfast.config import LAUNCH_FACTS
 from gzfast.resume import resolve_config
 from gzfast.train import TIMING_KEYS, main
 
@@ -66,7 +67,7 @@ def test_plain_run_writes_config_metrics_checkpoints_and_plot(synth_shards, tmp_
     state = ckpt.load(run / "checkpoints" / "last.pt")
     assert config["world_size"] == 1 and config["per_process_batch"] == 16
     assert state["epoch"] == 2 and state["world_size"] == 1
-    assert state["config"] == {k: v for k, v in config.items() if k not in ("world_size", "per_process_batch")}
+    assert state["config"] == {k: v for k, v in config.items() if k not in LAUNCH_FACTS}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_val_rmse"] == epochs[-1]["val_rmse"] and summary["baseline_rmse"] > 0
     png = run / "curves.png"

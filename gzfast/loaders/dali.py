@@ -44,6 +44,7 @@ class DALILoader:
         self.name = "dali-gpu" if decode_on_gpu else "dali-cpu"
         # a CPU graph feeding a GPU run hands over uint8 and normalizes on the device
         self.normalize_in_graph = decode_on_gpu or spec.device.type == "cpu"
+        self.counts = spec.labelled and spec.has_counts  # vote counts travel beside the fractions
         total = spec.total_samples
         if spec.world_size > total:  # DALI's reader cannot make more shards than samples
             raise LoaderError(f"{total} samples cannot be split over {spec.world_size} processes by DALI; use fewer "
@@ -66,8 +67,8 @@ class DALILoader:
     # --- the graph ---------------------------------------------------------------------------------
     def _graph(self):
         s = self.spec
-        exts = ["jpg", "i64"] + (["f32"] if s.labelled else [])
-        dtypes = [types.UINT8, types.INT64] + ([types.FLOAT] if s.labelled else [])
+        exts = ["jpg", "i64"] + (["f32"] if s.labelled else []) + (["cnt"] if self.counts else [])
+        dtypes = [types.UINT8, types.INT64] + ([types.FLOAT] if s.labelled else []) + ([types.FLOAT] if self.counts else [])
         outs = fn.readers.webdataset(
             paths=s.paths, index_paths=[sh.index for sh in s.shards], ext=exts, dtypes=dtypes,
             missing_component_behavior="error", random_shuffle=s.train,
@@ -85,8 +86,8 @@ class DALILoader:
         elif s.train:
             images = fn.flip(images, horizontal=mirror)
         out = [images, ids]  # ids stay on the CPU: they are only read back there
-        if s.labelled:
-            out.append(outs[2].gpu() if self.gpu else outs[2])
+        for extra in outs[2:]:  # labels, then counts
+            out.append(extra.gpu() if self.gpu else extra)
         return tuple(out)
 
     def _geometry(self, jpg):
@@ -145,7 +146,7 @@ class DALILoader:
             pipe = pipeline_def(self._graph, batch_size=s.batch_size, num_threads=self.threads, device_id=device_id,
                                 seed=s.stream_seed(), prefetch_queue_depth=2)()
             pipe.build()
-            names = ["images", "ids"] + (["labels"] if s.labelled else [])
+            names = ["images", "ids"] + (["labels"] if s.labelled else []) + (["counts"] if self.counts else [])
             if s.train:
                 policy = LastBatchPolicy.DROP
             else:
@@ -166,7 +167,8 @@ class DALILoader:
         else:
             images = normalize_on_device(images, s)
         labels = out["labels"].to(s.device, non_blocking=True) if s.labelled else None
-        return Batch(images=images, labels=labels, ids=out["ids"].reshape(-1), valid=valid)
+        counts = out["counts"].to(s.device, non_blocking=True) if self.counts else None
+        return Batch(images=images, labels=labels, ids=out["ids"].reshape(-1), valid=valid, counts=counts)
 
     def __iter__(self):
         if self.n_batches == 0:

@@ -101,7 +101,7 @@ class _IndexedSamples(torch.utils.data.Dataset):
         return os.pread(self.files[shard], size, offset)
 
     def __getitem__(self, i):
-        shard, jpg_offset, jpg_size, f32_offset, gid = (int(v) for v in self.entries[i])
+        shard, jpg_offset, jpg_size, f32_offset, cnt_offset, gid = (int(v) for v in self.entries[i])
         try:
             jpg = self._read(shard, jpg_offset, jpg_size)
         except (LayoutError, OSError) as exc:
@@ -111,8 +111,11 @@ class _IndexedSamples(torch.utils.data.Dataset):
         except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... on bad data
             raise LoaderError(f"{self.paths[shard]}: sample {gid} does not decode ({exc})") from None
         out = {"images": torch.from_numpy(image.copy()), "ids": torch.tensor(gid, dtype=torch.int64)}
+        width = 4 * self.spec.label_count  # float32 per answer of the set's tree
         if f32_offset >= 0:
-            out["labels"] = torch.from_numpy(np.frombuffer(self._read(shard, f32_offset, 148), "<f4").copy())
+            out["labels"] = torch.from_numpy(np.frombuffer(self._read(shard, f32_offset, width), "<f4").copy())
+        if cnt_offset >= 0:
+            out["counts"] = torch.from_numpy(np.frombuffer(self._read(shard, cnt_offset, width), "<f4").copy())
         return out
 
     def __del__(self):
@@ -152,8 +155,9 @@ class PILLoader:
             for sample in read_index(shard.index):
                 parts = {e.ext: e for e in sample}
                 f32 = parts["f32"].offset if "f32" in parts else -1
-                rows.append((k, parts["jpg"].offset, parts["jpg"].size, f32, int(sample[0].key)))
-        entries = np.array(rows, dtype=np.int64).reshape(-1, 5)
+                cnt = parts["cnt"].offset if "cnt" in parts and spec.has_counts else -1
+                rows.append((k, parts["jpg"].offset, parts["jpg"].size, f32, cnt, int(sample[0].key)))
+        entries = np.array(rows, dtype=np.int64).reshape(-1, 6)
         total, world, bs = len(entries), spec.world_size, spec.batch_size
         if spec.train:
             share = total // world
@@ -193,7 +197,8 @@ class PILLoader:
                 b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()}
             # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
             labels = b["labels"].to(s.device, non_blocking=True) if "labels" in b else None
-            yield Batch(images=normalize_on_device(b["images"], s), labels=labels, ids=b["ids"], valid=valid)
+            counts = b["counts"].to(s.device, non_blocking=True) if "counts" in b else None
+            yield Batch(images=normalize_on_device(b["images"], s), labels=labels, ids=b["ids"], valid=valid, counts=counts)
 
 
 def _reraise_as_loader_error(batches):
