@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .ids import MAX_ID, parse_int_id
+from .ids import parse_int_id
 from .images import stored_jpeg_problem
-from .inputs import file_digest, kind_reason, not_regular, path_digest
+from .inputs import kind_reason, not_regular, path_digest
 from .layout import IMAGE_SIDE
 from .schema import COLUMNS, CSV_HEADER, label_problem
 
@@ -36,7 +36,6 @@ LABELS_CSV = "training_solutions_rev1.csv"
 TRAIN_IMAGES = "images_training_rev1"
 TEST_IMAGES = "images_test_rev1"
 IMAGE_SIZE = (IMAGE_SIDE, IMAGE_SIDE)
-__all__ = ["MAX_ID", "file_digest", "parse_id"]  # kept for their earlier importers
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)        # str.isdigit() also takes '²' and Arabic-Indic digits
 _ID_FILE = re.compile(r"([0-9]+)\.jpg", re.ASCII)
 _HASH_CHUNK = 256  # image files per hashing task

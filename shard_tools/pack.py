@@ -52,7 +52,7 @@ from .shards import ShardJob, TrainRows, plan_shards, write_shard
 from .trees import GZ2_KAGGLE, Tree
 from .user_catalog import CatalogSpec, catalog_fingerprint, hash_row_images, read_user_catalog
 
-__all__ = ["PackError", "PackOptions", "is_val", "pack", "pack_catalog"]
+__all__ = ["PackError", "PackOptions", "PackStopped", "is_val", "pack", "pack_catalog"]  # is_val: from ids
 VAL_RULE = "blake2b-64('gz2-val:' + GalaxyID) / 2**64 < val_fraction"
 
 

@@ -88,15 +88,21 @@ def _read_bytes(path: Path) -> bytes:
         raise CatalogError(f"{path}: cannot read the catalogue ({exc.strerror}); check its permissions") from None
 
 
-def _parse_csv(path: Path, data: bytes) -> pd.DataFrame:
+def _csv_text(path: Path, data: bytes) -> str:
     try:
-        text = data.decode("utf-8").removeprefix("\ufeff")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise CatalogError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the catalogue as "
                            f"UTF-8") from None
+
+
+def _parse_csv(path: Path, text: str, text_columns=(), nrows: int | None = None) -> pd.DataFrame:
+    """The CSV's table: `text_columns` (ids, file names) as texts, the rest as pandas infers (numbers parse
+    fast; a column holding text stays text and is checked cell by cell). Only an empty cell is missing."""
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        return pd.read_csv(io.StringIO(text), dtype={c: str for c in text_columns}, keep_default_na=False,
+                           na_values=[""], nrows=nrows)
     except pd.errors.EmptyDataError:
         raise CatalogError(f"{path}: empty catalogue (no header line)") from None
     except (pd.errors.ParserError, ValueError) as exc:
@@ -116,12 +122,16 @@ def _parse_parquet(path: Path, data: bytes) -> pd.DataFrame:
         raise CatalogError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
 
 
-def read_table(path: Path) -> tuple[bytes, pd.DataFrame, str]:
-    """The catalogue's bytes, its table, and 'csv' or 'parquet' (told by the file's first bytes)."""
-    data = _read_bytes(path)
+def read_table(spec: CatalogSpec) -> tuple[bytes, pd.DataFrame, str, tuple[str, str | None, str, list[str]]]:
+    """The catalogue's bytes, its table, 'csv' or 'parquet' (told by the file's first bytes), and its
+    columns (`check_columns`: checked before a CSV's rows are parsed)."""
+    data = _read_bytes(spec.catalog)
     if data.startswith(_PARQUET_MAGIC):
-        return data, _parse_parquet(path, data), "parquet"
-    return data, _parse_csv(path, data), "csv"
+        frame = _parse_parquet(spec.catalog, data)
+        return data, frame, "parquet", check_columns(spec, frame)
+    text = _csv_text(spec.catalog, data)
+    columns = check_columns(spec, _parse_csv(spec.catalog, text, nrows=0))
+    return data, _parse_csv(spec.catalog, text, [c for c in columns[:2] if c]), "csv", columns
 
 
 def _where(path: Path, kind: str, row: int) -> str:
@@ -168,10 +178,14 @@ def check_columns(spec: CatalogSpec, frame: pd.DataFrame) -> tuple[str, str | No
 
 # --- cells -------------------------------------------------------------------------------------------
 
+def _text_series(series: pd.Series) -> pd.Series:
+    """A column as stripped texts ('' for empty or null), vectorised."""
+    obj = series.astype(object)
+    return obj.where(obj.notna(), "").astype(str).str.strip()
+
+
 def _texts(series: pd.Series) -> list[str]:
-    """A column as stripped texts ('' for empty or null)."""
-    return ["" if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else str(v).strip()
-            for v in series.astype(object).tolist()]
+    return _text_series(series).tolist()
 
 
 def _numbers(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +197,7 @@ def _numbers(frame: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, np.nd
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
             values[:, j] = s.to_numpy(dtype=np.float64, na_value=np.nan)
             continue
-        text = pd.Series(_texts(s), dtype=object)
+        text = _text_series(s)
         values[:, j] = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
         bad[:, j] = np.isnan(values[:, j]) & (text != "").to_numpy() & (text.str.lower() != "nan").to_numpy()
     return values, bad
@@ -212,49 +226,49 @@ def _ids(spec: CatalogSpec, frame: pd.DataFrame, id_col: str, where) -> tuple[li
 
 # --- image files -------------------------------------------------------------------------------------
 
-def _by_id(images: Path, canon) -> tuple[Path | None, str | None]:
-    found = [images / f"{canon}{ext}" for ext in (".jpg", ".png") if os.path.lexists(images / f"{canon}{ext}")]
+def _by_id(images: Path, canon, root: str) -> tuple[str | None, str | None]:
+    found = [f"{canon}{ext}" for ext in (".jpg", ".png") if os.path.lexists(os.path.join(images, f"{canon}{ext}"))]
     if len(found) == 1:
-        return resolve_image(images, found[0].name)
+        return resolve_image(images, found[0], root)
     if found:
-        return None, f"both {found[0].name} and {found[1].name} are in --images; keep one"
+        return None, f"both {found[0]} and {found[1]} are in --images; keep one"
     return None, f"image file missing ({canon}.jpg or {canon}.png in --images)"
 
 
-def resolve_image(images: Path, cell: str) -> tuple[Path | None, str | None]:
-    """The image a catalogue names (relative to `images`, or absolute inside it), or why it is unusable.
-    Nothing is read: the type is told by stat, so a FIFO is rejected without being opened."""
+def resolve_image(images: Path, cell: str, root: str | None = None) -> tuple[str | None, str | None]:
+    """The real path of the image a catalogue names (relative to `images`, or absolute inside it), or why it
+    is unusable. Nothing is read: the type is told by stat, so a FIFO is rejected without being opened.
+    `root` is `images` resolved (pass it when resolving many)."""
     if not cell:
         return None, "no image file named"
     if "\0" in cell:
         return None, "image path holds a NUL character"
-    path = Path(cell)
-    full = path if path.is_absolute() else images / path
-    try:
-        real = full.resolve()
-    except (OSError, RuntimeError) as exc:  # e.g. a symlink loop
-        return None, f"cannot follow image path {cell} ({getattr(exc, 'strerror', None) or exc})"
-    if not real.is_relative_to(images.resolve()):
+    root = root or os.path.realpath(images)
+    real = os.path.realpath(os.path.join(images, cell))  # an absolute cell stays itself
+    if not real.startswith(root.rstrip(os.sep) + os.sep):
         return None, f"image path {cell} resolves outside --images {images}; keep images inside that folder"
     try:
         kind = not_regular(real)
     except FileNotFoundError:
         return None, f"image file missing: {cell}"
-    except OSError as exc:
+    except OSError as exc:  # a symlink loop, a name too long, no permission
         return None, f"cannot look at image {cell} ({exc.strerror})"
     return (None, kind_reason(kind)) if kind else (real, None)
 
 
-def _files(spec: CatalogSpec, frame: pd.DataFrame, file_col: str | None, canon: list) -> list[tuple[Path | None, str | None]]:
+def _files(spec: CatalogSpec, frame: pd.DataFrame, file_col: str | None, canon: list, where
+           ) -> list[tuple[str | None, str | None]]:
+    """Per row, (the image's real path, None) or (None, why it has no usable image)."""
     cells = _texts(frame[file_col]) if file_col else None
+    root = os.path.realpath(spec.images)
     out, first_use = [], {}
     for i, c in enumerate(canon):
         if c is None:
             out.append((None, None))
             continue
-        path, problem = resolve_image(spec.images, cells[i]) if cells is not None else _by_id(spec.images, c)
+        path, problem = resolve_image(spec.images, cells[i], root) if cells is not None else _by_id(spec.images, c, root)
         if path is not None and path in first_use:
-            path, problem = None, f"same image file as row {first_use[path] + 1}: {path.name}"
+            path, problem = None, f"same image file as {where(first_use[path])}: {os.path.basename(path)}"
         elif path is not None:
             first_use[path] = i
         out.append((path, problem))
@@ -305,16 +319,38 @@ def _fraction_problem(tree: Tree, frac: np.ndarray, bad: np.ndarray, tol: float)
     return None
 
 
+def _counts_fine(tree: Tree, v: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Per row, whether `_count_problem` would find nothing (vectorised: the per-row words only for the rest)."""
+    with np.errstate(invalid="ignore"):
+        ok = ~bad.any(1) & np.isfinite(v).all(1) & (v >= 0).all(1) & (v == np.round(v)).all(1)
+        roots = np.zeros(len(v), dtype=bool)
+        for q in tree.questions:
+            if q.parent is None:
+                roots |= v[:, list(q.columns)].sum(1) > 0
+            else:
+                ok &= ~(v[:, list(q.columns)] > v[:, [q.parent]]).any(1)
+    return ok & roots
+
+
+def _fractions_fine(tree: Tree, v: np.ndarray, bad: np.ndarray, tol: float) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        ok = ~bad.any(1) & ~np.isinf(v).any(1) & ~((v < -tol) | (v > 1 + tol)).any(1)
+    return ok & (np.nan_to_num(v) > 0).any(1)
+
+
 def _labels(spec: CatalogSpec, frame: pd.DataFrame, source: str, columns: list[str], tol: float):
     """(N×n cumulative fractions, N×n counts or None, per-row problem or None)."""
     tree = spec.tree
     values, bad = _numbers(frame, columns)
+    problems: list[str | None] = [None] * len(values)
     if source == "counts":
-        problems = [_count_problem(tree, values[i], bad[i]) for i in range(len(values))]
+        for i in np.flatnonzero(~_counts_fine(tree, values, bad)):
+            problems[i] = _count_problem(tree, values[i], bad[i])
         labels = tree.fractions_from_counts(np.where(np.isfinite(values) & ~bad, values, 0.0))
         counts = values
     elif tree.fractions == "per-question":
-        problems = [_fraction_problem(tree, values[i], bad[i], tol) for i in range(len(values))]
+        for i in np.flatnonzero(~_fractions_fine(tree, values, bad, tol)):
+            problems[i] = _fraction_problem(tree, values[i], bad[i], tol)
         labels = tree.cumulative_from_per_question(np.where(bad | np.isinf(values), 0.0, values))
         counts = None
     else:  # cumulative already (gz2-kaggle): an empty cell is a missing label
@@ -339,14 +375,13 @@ def read_user_catalog(spec: CatalogSpec, tol: float = 1e-4) -> CatalogRows:
         what = "is not a folder" if spec.images.exists() else "not found"
         raise CatalogError(f"{spec.images}: --images folder {what}; point --images at the folder the catalogue's "
                            f"image paths are relative to")
-    data, frame, kind = read_table(spec.catalog)
-    id_col, file_col, source, label_cols = check_columns(spec, frame)
+    data, frame, kind, (id_col, file_col, source, label_cols) = read_table(spec)
 
     def where(i):
         return _where(spec.catalog, kind, i)
 
     written, id_kind_, canon = _ids(spec, frame, id_col, where)
-    files = _files(spec, frame, file_col, canon)
+    files = _files(spec, frame, file_col, canon, where)
     labels, counts, label_problems = _labels(spec, frame, source, label_cols, tol)
     rows = CatalogRows(np.zeros(0, np.int64), [], [], [], labels, counts, id_kind_, id_col, source, n_input=len(frame),
                        catalog_bytes=data)

@@ -27,6 +27,7 @@ from shard_tools.verify import verify
 
 from helpers import REPO, load_manifest
 
+pytestmark = pytest.mark.slow  # ~35 subprocess packs of a 12-galaxy catalogue: ~70 s on 2 cores
 ERROR_LINE = re.compile(r"^pack: error: ")
 N_ROWS = 12
 
@@ -82,6 +83,14 @@ def _fifo_in_catalog(root, data, out):
 def _catalog_is_fifo(root, data, out):
     (data / "catalog.csv").unlink()
     os.mkfifo(data / "catalog.csv")
+    return args(data, out)
+
+
+def _symlink_outside(root, data, out):
+    image = image_of(data, 4)
+    shutil.copy(image, root / "elsewhere.jpg")
+    image.unlink()
+    image.symlink_to(root / "elsewhere.jpg")  # inside --images by name, outside by where it leads
     return args(data, out)
 
 
@@ -169,6 +178,10 @@ CASES = [
     Case("path-outside-images", cell(6, "file_loc", "../catalog.csv"), 0, {"catalog.csv:8": "resolves outside --images"}),
     Case("absolute-path-outside", cell(6, "file_loc", "/etc/hostname"), 0, {"catalog.csv:8": "resolves outside --images"}),
     Case("image-file-missing", cell(7, "file_loc", "nope/none.png"), 0, {"catalog.csv:9": "image file missing"}),
+    Case("one-image-for-two-rows", edit(lambda df: df.__setitem__("file_loc", [*df["file_loc"][:9], df["file_loc"][0],
+                                                                              *df["file_loc"][10:]])), 0,
+         {"catalog.csv:11": "same image file as catalog.csv:2"}),
+    Case("symlink-out-of-images", _symlink_outside, 0, {"catalog.csv:6": "resolves outside --images"}),
     Case("empty-id", cell(8, "dr7objid", ""), 0, {"catalog.csv:10": "empty id"}),
     Case("image-not-jpeg-or-png", _not_an_image, 0, {".jpg": "not a JPEG or PNG"}),
     Case("png-truncated", _truncated_png, 0, {".png": "cannot decode image"}),

@@ -96,20 +96,21 @@ def test_dali_reads_every_part_of_a_counts_set(gz2_packed):
 
     @pipeline_def(batch_size=8, num_threads=1, device_id=None)
     def pipe():
-        return tuple(fn.readers.webdataset(paths=[str(gz2_packed / s["path"]) for s in shards],
-                                     index_paths=[str(gz2_packed / s["index"]) for s in shards],
-                                     ext=["jpg", "i64", "f32", "cnt"],
-                                     dtypes=[types.UINT8, types.INT64, types.FLOAT, types.FLOAT],
-                                     missing_component_behavior="error", name="r", pad_last_batch=True))
+        jpg, i64, f32, cnt = fn.readers.webdataset(
+            paths=[str(gz2_packed / s["path"]) for s in shards], index_paths=[str(gz2_packed / s["index"]) for s in shards],
+            ext=["jpg", "i64", "f32", "cnt"], dtypes=[types.UINT8, types.INT64, types.FLOAT, types.FLOAT],
+            missing_component_behavior="error", name="r", pad_last_batch=True)
+        return fn.decoders.image(jpg, device="cpu", output_type=types.RGB), i64, f32, cnt
 
     p = pipe()
     p.build()
     n, seen = p.reader_meta("r")["epoch_size"], {}
     while len(seen) < n:
-        _, ids, f32, cnt = p.run()
+        img, ids, f32, cnt = p.run()
         for k in range(len(ids)):
-            seen[int(np.array(ids[k])[0])] = (np.array(f32[k]), np.array(cnt[k]))
-    assert len(seen) == 96 and all(f.shape == c.shape == (37,) for f, c in seen.values())
+            seen[int(np.array(ids[k])[0])] = (np.array(img[k]).shape, np.array(f32[k]), np.array(cnt[k]))
+    assert len(seen) == 96
+    assert all(shape == (424, 424, 3) and f.shape == c.shape == (37,) for shape, f, c in seen.values())
 
 
 def test_fractions_give_the_same_labels_as_counts_and_images_take_the_side_asked(gz2_catalog, gz2_packed, tmp_path):
@@ -344,3 +345,90 @@ def test_every_shard_tools_error_is_a_user_error():
                           "print('shard_tools.layout' in sys.modules)"], cwd=REPO, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert res.stdout.strip() == "False"  # objstore stands alone: no import circle with layout
+
+
+def _rewrite_shard(out, shard: dict, edit):
+    """Rewrites one shard with `edit(key, parts)` applied, its index and the manifest's size and sha256 to
+    match: only what verify reads inside the samples is wrong."""
+    import hashlib
+
+    from wds2idx import IndexCreator
+    path = out / shard["path"]
+    samples = [(k, {e: v for e, v in p.items()}) for k, p in read_shard_samples(path).items()]
+    for key, parts in samples:
+        edit(key, parts)
+    data = tar_bytes(samples)
+    path.write_bytes(data)
+    with IndexCreator(str(path), str(out / shard["index"]), verbose=False) as creator:
+        creator.create_index()
+    manifest = json.loads((out / MANIFEST).read_text())
+    for s in manifest["shards"]:
+        if s["path"] == shard["path"]:
+            s.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (out / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_verify_checks_counts_and_lengths_against_the_manifests_tree(gz2_packed, tmp_path):
+    out = tmp_path / "tampered"
+    shutil.copytree(gz2_packed, out)
+    shards = [s for s in load_manifest(out)["shards"] if s["split"] == "train"]
+    first = {}
+
+    def more_votes(key, parts):
+        if not first:
+            first["key"] = key
+            cnt = np.frombuffer(parts["cnt"], "<f4").copy()
+            cnt[0] += 7  # more "smooth" votes: the fractions no longer follow
+            parts["cnt"] = cnt.tobytes()
+
+    def short_labels(key, parts):
+        parts["f32"] = parts["f32"][:-4]
+
+    _rewrite_shard(out, shards[0], more_votes)
+    _rewrite_shard(out, shards[1], short_labels)
+    problems = verify(out)
+    assert f"{shards[0]['path']}: sample {first['key']}: .f32 does not follow from its .cnt vote counts" in problems
+    assert any(p.startswith(f"{shards[1]['path']}: sample ") and ".f32 is 144 bytes, expected 148 (37 answers of the "
+               "gz2 tree)" in p for p in problems), problems
+    assert not any("sha256" in p or "index" in p for p in problems)
+
+
+def _decals_counts(tree, rng, artifact: bool) -> np.ndarray:
+    """Vote counts that obey the tree, with volunteers dropping out on the way as in real catalogues."""
+    counts = np.zeros(tree.n)
+    for q in tree.questions:
+        reach = 20 if q.parent is None else int(counts[q.parent])
+        reach = max(reach - int(rng.integers(0, 2)), 0) if q.parent is not None else reach
+        if artifact and q.name == "merging":
+            continue  # an all-"artifact" galaxy skips merging: unanswered, which the tree allows
+        p = rng.dirichlet(np.ones(len(q.columns)))
+        if artifact and q.name == "smooth-or-featured":
+            p = np.array([0.0, 0.0, 1.0])
+        counts[list(q.columns)] = rng.multinomial(reach, p)
+    return counts
+
+
+def test_a_decals_style_catalogue_with_iau_names_packs(tmp_path):
+    tree = load_tree("gz-decals")
+    rng = np.random.default_rng(7)
+    (tmp_path / "images" / "J10").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        name = f"J10{i:02d}00.80+00420{i}.0"
+        Image.fromarray(rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(tmp_path / "images" / "J10" / f"{name}.png")
+        counts = _decals_counts(tree, rng, artifact=i == 0)
+        row = {"iauname": name, "file_loc": f"J10/{name}.png"}
+        row.update({c: int(n) for c, n in zip(tree.count_columns(), counts)})
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(tmp_path / "decals.csv", index=False)
+    out = tmp_path / "out"
+    manifest = pack_catalog(CatalogSpec(tmp_path / "decals.csv", tmp_path / "images", tree, side=64), out,
+                            PackOptions(val_fraction=0.0), workers=1, progress=False)
+    assert manifest["counts"]["accepted"] == 6 and manifest["ids"]["kind"] == "string" and manifest["has_counts"]
+    assert verify(out, decode=True) == []
+    names = PackedSet.open(out).id_names()
+    assert sorted(names.values()) == sorted(r["iauname"] for r in rows)
+    artifact = next(k for k, v in names.items() if v == rows[0]["iauname"])
+    labels = np.frombuffer(samples_of(out)[str(artifact)]["f32"], "<f4")
+    assert labels[tree.columns.index("smooth-or-featured_artifact")] == 1.0
+    assert labels[[i for i, c in enumerate(tree.columns) if c.startswith("merging_")]].sum() == 0
