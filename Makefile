@@ -8,6 +8,11 @@ OUT ?= data/shards
 SYNTH ?= data/synthetic
 # Empty DATA: synthesize a GZ2-like set into $(SYNTH) first.
 DATA ?=
+# Or any catalogue (CSV/Parquet): CATALOG=FILE IMAGES=DIR [TREE=gz2-kaggle|gz2|gz-decals|FILE.yaml] [PACK_ARGS=...]
+CATALOG ?=
+IMAGES ?=
+TREE ?= gz2-kaggle
+PACK_ARGS ?=
 N_TRAIN ?= 4000
 N_TEST ?= 500
 PYTEST_ARGS ?=
@@ -26,7 +31,9 @@ $(VENV)/.installed: pyproject.toml
 venv: $(INSTALL)
 
 shards: $(INSTALL)
-ifeq ($(strip $(DATA)),)
+ifneq ($(strip $(CATALOG)),)
+	$(PY) -m shard_tools pack --catalog $(CATALOG) --images $(IMAGES) --tree $(TREE) --out $(OUT) $(PACK_ARGS)
+else ifeq ($(strip $(DATA)),)
 	$(PY) -m shard_tools synth --out $(SYNTH) --n-train $(N_TRAIN) --n-test $(N_TEST) --seed 0
 	$(PY) -m shard_tools pack --data $(SYNTH) --out $(OUT)
 else

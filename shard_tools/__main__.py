@@ -5,6 +5,9 @@ import argparse
 import sys
 
 from . import schema
+from .errors import run_command
+from .images import FITS
+from .layout import IMAGE_SIDE
 
 
 def _positive_int(text: str) -> int:
@@ -14,19 +17,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shard_tools", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    s = sub.add_parser("synth", help="write a synthetic GZ2-like data set in the Kaggle layout")
-    s.add_argument("--out", required=True)
-    s.add_argument("--n-train", type=int, default=4000)
-    s.add_argument("--n-test", type=int, default=500)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=_positive_int, default=None)
-
-    p = sub.add_parser("pack", help="pack the Kaggle layout into tier-split webdataset shards")
-    p.add_argument("--data", required=True, help="folder with training_solutions_rev1.csv and the image folders")
+def _pack_parser(sub):
+    p = sub.add_parser("pack", help="pack the Kaggle layout or any catalogue into tier-split webdataset shards")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="the Kaggle layout: training_solutions_rev1.csv and the two image folders")
+    src.add_argument("--catalog", help="a catalogue (CSV or Parquet) of ids, image files and per-answer labels")
+    p.add_argument("--images", help="with --catalog: the folder the catalogue's image paths are relative to")
+    p.add_argument("--tree", help="decision tree: gz2-kaggle (default), gz2, gz-decals, or a YAML file")
+    p.add_argument("--id-column", help="with --catalog: the id column (default: the tree's)")
+    p.add_argument("--file-column", help="with --catalog: the image-file column (default: the tree's)")
+    p.add_argument("--labels", choices=("counts", "fractions"),
+                   help="with --catalog: read vote counts or fractions (default: counts when the tree's count "
+                        "columns are present)")
+    p.add_argument("--side", type=_positive_int, help=f"with --catalog: square side of the stored JPEGs (default "
+                                                     f"{IMAGE_SIDE})")
+    p.add_argument("--fit", choices=FITS, help="with --catalog: centre square crop then resize (default), or resize")
     p.add_argument("--out", default="data/shards")
     p.add_argument("--high", type=float, default=schema.HIGH, help="high tier: confidence > HIGH")
     p.add_argument("--low", type=float, default=schema.LOW, help="low tier: confidence < LOW")
@@ -35,6 +40,23 @@ def main(argv=None) -> int:
                    help="samples per shard (small shards let the loader interleave tiers finely)")
     p.add_argument("--tol", type=float, default=1e-4, help="decision-tree tolerance for a label row")
     p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m shard_tools", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic GZ2-like data set (Kaggle layout, or a catalogue)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--layout", choices=("kaggle", "gz2", "ring-merger"), default="kaggle",
+                   help="kaggle (default): the Kaggle layout; gz2: a GZ2-named catalogue of vote counts and mixed "
+                        "images; ring-merger: a catalogue with string ids for docs/examples/ring-merger.yaml")
+    s.add_argument("--n-train", type=int, default=4000, help="labelled galaxies (the catalogue's rows)")
+    s.add_argument("--n-test", type=int, default=None, help="unlabelled test images (kaggle layout; default 500)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=_positive_int, default=None)
+
+    _pack_parser(sub)
 
     v = sub.add_parser("verify", help="check a packed set against its manifest")
     v.add_argument("out")
@@ -47,44 +69,48 @@ def main(argv=None) -> int:
                                "AWS_SECRET_ACCESS_KEY)")
 
     args = ap.parse_args(argv)
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        print(f"{args.cmd}: error: interrupted; run the same command again to finish (finished work is kept)",
-              file=sys.stderr)
-        return 130
+    from .catalog import readable  # undecodable bytes in a path, shown as \xNN
+    return run_command(args.cmd, lambda: _run(args), report=readable)
 
 
 def _run(args) -> int:
-    """Runs one subcommand; every anticipated failure ends as one line `cmd: error: what, where, what to do`
-    and exit 2 (a traceback means a bug)."""
-    from .catalog import CatalogError, readable
-    from .layout import LayoutError
-    from .pack import PackError
-    from .synth import SynthError
-    try:
-        if args.cmd == "synth":
-            from .synth import synthesize
-            synthesize(args.out, args.n_train, args.n_test, args.seed, args.workers)
-        elif args.cmd == "pack":
-            from .pack import PackOptions, pack
-            pack(args.data, args.out, PackOptions(args.high, args.low, args.val_fraction, args.shard_size, args.tol),
-                 workers=args.workers)
-        elif args.cmd == "verify":
-            return _verify(args)
-        elif args.cmd == "push":
-            from .push import push
-            files, size = push(args.out, args.url)
-            print(f"push: {files} files ({size / 1e6:.1f} MB) uploaded to {args.url.rstrip('/')}, the manifest last")
-    except (CatalogError, PackError, SynthError, LayoutError) as exc:
-        print(f"{args.cmd}: error: {readable(str(exc))}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # an I/O failure no narrower handler named: still one line, with the path
-        where = readable(str(exc.filename)) if exc.filename else "(no path)"
-        print(f"{args.cmd}: error: {where}: {exc.strerror or exc}; fix the cause and run the command again",
-              file=sys.stderr)
-        return 2
+    """Runs one subcommand; every anticipated failure is a UserError (one line `cmd: error: ...`, exit 2)."""
+    if args.cmd == "synth":
+        from .synth import synthesize
+        synthesize(args.out, args.n_train, args.n_test, args.seed, args.workers, layout=args.layout)
+    elif args.cmd == "pack":
+        _pack(args)
+    elif args.cmd == "verify":
+        return _verify(args)
+    elif args.cmd == "push":
+        from .push import push
+        files, size = push(args.out, args.url)
+        print(f"push: {files} files ({size / 1e6:.1f} MB) uploaded to {args.url.rstrip('/')}, the manifest last")
     return 0
+
+
+_CATALOG_ONLY = ("images", "id_column", "file_column", "labels", "side", "fit")
+
+
+def _pack(args):
+    from pathlib import Path
+
+    from .pack import PackError, PackOptions, pack, pack_catalog
+    opts = PackOptions(args.high, args.low, args.val_fraction, args.shard_size, args.tol)
+    if args.data is not None:
+        given = [f"--{k.replace('_', '-')}" for k in _CATALOG_ONLY if getattr(args, k) is not None]
+        if given or args.tree not in (None, "gz2-kaggle"):
+            raise PackError(f"{', '.join(given) or '--tree ' + args.tree}: only with --catalog; --data reads the Kaggle "
+                            f"layout (gz2-kaggle tree, 424 px JPEGs kept as they are)")
+        pack(args.data, args.out, opts, workers=args.workers)
+        return
+    from .trees import load_tree
+    from .user_catalog import CatalogSpec
+    if args.images is None:
+        raise PackError("--catalog needs --images DIR, the folder its image paths are relative to")
+    spec = CatalogSpec(Path(args.catalog), Path(args.images), load_tree(args.tree or "gz2-kaggle"), args.id_column,
+                       args.file_column, args.labels, args.side or IMAGE_SIDE, args.fit or FITS[0])
+    pack_catalog(spec, args.out, opts, workers=args.workers)
 
 
 def _verify(args) -> int:

@@ -7,13 +7,15 @@ a wrong CSV header, duplicated GalaxyIDs) raise `CatalogError` instead, naming t
 GalaxyIDs are numbers: `0104816` and `104816` are one galaxy, in the CSV and in image names alike. Two
 rows of one id stop the run; two image files of one id (in either folder) are both rejected, each naming
 the other, so an id is never two samples. A JPEG with an EXIF orientation other than 1 is rejected: DALI
-would rotate it and PIL would not (GZ2 cut-outs carry none).
+would rotate it and PIL would not (GZ2 cut-outs carry none). An entry that is not a regular file (a FIFO, a
+socket, a device) is rejected by its type, never read.
+
+Other catalogues (CSV or Parquet, any decision tree) are read by user_catalog.py.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from .errors import UserError
+from .ids import parse_int_id
+from .images import stored_jpeg_problem
+from .inputs import kind_reason, not_regular, path_digest
 from .layout import IMAGE_SIDE
 from .schema import COLUMNS, CSV_HEADER, label_problem
 
@@ -31,14 +36,13 @@ LABELS_CSV = "training_solutions_rev1.csv"
 TRAIN_IMAGES = "images_training_rev1"
 TEST_IMAGES = "images_test_rev1"
 IMAGE_SIZE = (IMAGE_SIDE, IMAGE_SIDE)
-MAX_ID = 2**63 - 1  # ids travel as int64 (.i64)
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)        # str.isdigit() also takes '²' and Arabic-Indic digits
 _ID_FILE = re.compile(r"([0-9]+)\.jpg", re.ASCII)
-_ORIENTATION = 0x0112  # EXIF tag; GZ2 cut-outs carry none
 _HASH_CHUNK = 256  # image files per hashing task
+_EXPECTED = f"{CSV_HEADER[0]}, {COLUMNS[0]} ... {COLUMNS[-1]}"  # the Kaggle header, in words
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """The input cannot be packed at all (as opposed to single rows or files, which are rejected)."""
 
 
@@ -52,7 +56,7 @@ class Rejection:
 
 @dataclass
 class Catalog:
-    train: pd.DataFrame            # GalaxyID (int64), file (str), the 37 labels (float32); ascending id
+    train: pd.DataFrame            # GalaxyID (int64), file (str), the Kaggle labels (float32); ascending id
     test: pd.DataFrame             # GalaxyID, file; ascending id
     rejected: list[Rejection] = field(default_factory=list)
     n_input: int = 0               # label rows + training images no row accounts for + test images
@@ -68,14 +72,16 @@ class InputFiles:
     digests: dict[str, str] = field(default_factory=dict)
 
 
-def parse_id(text: str) -> int | None:
-    """The GalaxyID written as `text` (surrounding blanks allowed), or None. Ids are numbers: `0104816` and
-    `104816` are the same galaxy, and the key written into a shard is always the canonical int."""
-    text = text.strip()
-    if not _DIGITS.fullmatch(text):
-        return None
-    value = int(text)
-    return value if 0 < value <= MAX_ID else None
+parse_id = parse_int_id  # the GalaxyID written as a text, or None (the rule lives in ids.py)
+
+
+def regular_file_problem(path: Path, what: str) -> str | None:
+    """Why `path` (which exists) cannot be read as `what`, by its type: a FIFO or device is never opened."""
+    try:
+        kind = not_regular(path)
+    except OSError as exc:
+        return f"cannot look at the {what} ({exc.strerror})"
+    return None if kind is None else f"the {what} is {kind}, not a regular file"
 
 
 def _listing(folder: Path, required: bool) -> dict[str, Path]:
@@ -100,9 +106,12 @@ def scan_input(data_dir: str | Path) -> InputFiles:
         raise CatalogError(f"{data_dir}: --data folder {what}; point --data at the folder holding {LABELS_CSV}, "
                            f"{TRAIN_IMAGES}/ and {TEST_IMAGES}/")
     csv_path = data_dir / LABELS_CSV
-    if not csv_path.is_file():
+    if not csv_path.exists():
         raise CatalogError(f"{csv_path}: label file not found (expected the Kaggle layout: {LABELS_CSV}, "
                            f"{TRAIN_IMAGES}/, {TEST_IMAGES}/)")
+    problem = regular_file_problem(csv_path, "label file")
+    if problem:
+        raise CatalogError(f"{csv_path}: {problem}; the Kaggle layout keeps the labels in a CSV file")
     try:
         csv_bytes = csv_path.read_bytes()
     except OSError as exc:
@@ -111,29 +120,23 @@ def scan_input(data_dir: str | Path) -> InputFiles:
     return InputFiles(data_dir, csv_bytes, images)
 
 
-def file_digest(data: bytes) -> str:
-    return f"{len(data)}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
-
-
 def _digest_files(paths: list[Path]) -> list[str]:
-    out = []
-    for path in paths:
-        try:
-            out.append(file_digest(path.read_bytes()))
-        except OSError as exc:  # rejected later with its reason; the fingerprint records that it failed
-            out.append(f"unreadable:{exc.errno}")
-    return out
+    return [path_digest(p) for p in paths]
 
 
-def hash_images(inp: InputFiles, threads: int | None = None) -> InputFiles:
-    """Fills `inp.digests`: every image's size and blake2b. Threads suffice: reads and hashing of large
-    buffers release the GIL."""
-    paths = [p for names in inp.images.values() for p in names.values()]
+def digest_paths(paths: list[Path], threads: int | None = None) -> dict[str, str]:
+    """{path: "size:blake2b"} of files (a marker for what is not a readable regular file, never read).
+    Threads suffice: reads and hashing of large buffers release the GIL."""
     chunks = [paths[i:i + _HASH_CHUNK] for i in range(0, len(paths), _HASH_CHUNK)]
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
         digests = [d for chunk in pool.map(_digest_files, chunks) for d in chunk]
-    inp.digests = {str(p): d for p, d in zip(paths, digests)}
+    return {str(p): d for p, d in zip(paths, digests)}
+
+
+def hash_images(inp: InputFiles, threads: int | None = None) -> InputFiles:
+    """Fills `inp.digests`: every image's size and blake2b."""
+    inp.digests = digest_paths([p for names in inp.images.values() for p in names.values()], threads)
     return inp
 
 
@@ -163,7 +166,7 @@ def _split_csv(csv_path: Path, data: bytes) -> tuple[list[str], list[tuple[int, 
     lines = [line.removesuffix("\r") for line in text.split("\n")]
     header = _cells(lines[0]) if lines and lines[0].strip() else None
     if header is None:
-        raise CatalogError(f"{csv_path}: no header line; expected GalaxyID, Class1.1 ... Class11.6")
+        raise CatalogError(f"{csv_path}: no header line; expected {_EXPECTED}")
     rows = []
     for n, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -175,7 +178,7 @@ def _split_csv(csv_path: Path, data: bytes) -> tuple[list[str], list[tuple[int, 
         elif cells is None:
             rows.append((n, None, "line is not valid CSV"))
         elif len(cells) != len(CSV_HEADER):
-            rows.append((n, cells, f"{len(cells)} fields, expected {len(CSV_HEADER)} (GalaxyID and 37 labels)"))
+            rows.append((n, cells, f"{len(cells)} fields, expected {len(CSV_HEADER)} ({CSV_HEADER[0]} and {len(COLUMNS)} labels)"))
         else:
             rows.append((n, cells, ""))
     return [c.strip() for c in header], rows
@@ -203,7 +206,7 @@ def _check_header(csv_path: Path, header: list[str]):
         extra = [readable(c) for c in header if c not in CSV_HEADER]
         detail = (f"missing {missing}" if missing else "") + (f" unexpected {extra}" if extra else "")
         raise CatalogError(f"{csv_path}: header is not the Kaggle one ({detail.strip() or 'columns out of order'}); "
-                           f"expected GalaxyID, Class1.1 ... Class11.6")
+                           f"expected {_EXPECTED}")
 
 
 def _check_unique_rows(csv_path: Path, rows) -> None:
@@ -224,7 +227,8 @@ def _check_unique_rows(csv_path: Path, rows) -> None:
     raise CatalogError(f"{csv_path}: {len(dup)} duplicated GalaxyID(s): {'; '.join(parts)}; keep one row per galaxy")
 
 
-def _image_ids(inp: InputFiles, rejected: list[Rejection]) -> tuple[dict[int, tuple[str, Path]], dict[int, list[str]]]:
+def _image_ids(inp: InputFiles, rejected: list[Rejection], not_files: dict[int, str]
+               ) -> tuple[dict[int, tuple[str, Path]], dict[int, list[str]]]:
     """Images by GalaxyID: {id: (folder, path)} for ids with exactly one image file in either folder, and
     {id: [files]} for ids with several (`0104816.jpg` and `104816.jpg`, or one id in both folders): those
     files are all rejected, each naming the others, so no id ever becomes two samples."""
@@ -234,9 +238,13 @@ def _image_ids(inp: InputFiles, rejected: list[Rejection]) -> tuple[dict[int, tu
         for name, path in names.items():
             m = _ID_FILE.fullmatch(name)
             gid = parse_id(m.group(1)) if m else None
+            kind = _kind_of(path) if gid is not None else None
             if gid is None:
                 rejected.append(Rejection(readable(name), readable(f"{folder}/{name}"), split,
                                           "file name is not <GalaxyID>.jpg (a positive integer id)"))
+            elif kind:  # a FIFO or device named like an image: never opened
+                rejected.append(Rejection(readable(m.group(1)), readable(f"{folder}/{name}"), split, kind_reason(kind)))
+                not_files[gid] = f"{folder}/{name} is {kind}"
             else:
                 by_id.setdefault(gid, []).append((folder, name, path))
     single = {g: (v[0][0], v[0][2]) for g, v in by_id.items() if len(v) == 1}
@@ -249,6 +257,15 @@ def _image_ids(inp: InputFiles, rejected: list[Rejection]) -> tuple[dict[int, tu
     return single, several
 
 
+def _kind_of(path: Path) -> str | None:
+    """What `path` is when it is not a regular file ('a FIFO', ...); None for a file (or if it vanished: the
+    read that follows says so)."""
+    try:
+        return not_regular(path)
+    except OSError:
+        return None
+
+
 def read_catalog(data: str | Path | InputFiles, tol: float = 1e-4) -> Catalog:
     """Reads the Kaggle layout (a folder, or what `scan_input` read of it); validates the labels, not yet the
     JPEGs. A bad row or file is rejected with its reason; a bad header or duplicated ids stop."""
@@ -258,9 +275,10 @@ def read_catalog(data: str | Path | InputFiles, tol: float = 1e-4) -> Catalog:
     _check_header(csv_path, header)
     _check_unique_rows(csv_path, rows)
     rejected: list[Rejection] = []
-    images, several = _image_ids(inp, rejected)
+    not_files: dict[int, str] = {}  # ids whose "image" is a FIFO, socket or device
+    images, several = _image_ids(inp, rejected, not_files)
 
-    # Labels of the well-formed rows at once: 61,578 × 37 cells.
+    # Labels of the well-formed rows at once: 61,578 rows of Kaggle labels.
     full = [(n, cells) for n, cells, problem in rows if not problem]
     shape = (len(full), len(COLUMNS))
     text = pd.Series([cell for _, c in full for cell in c[1:]], dtype=object).str.strip()
@@ -293,6 +311,8 @@ def read_catalog(data: str | Path | InputFiles, tol: float = 1e-4) -> Catalog:
         elif gid in several:
             rejected.append(Rejection(written, where, "train", f"GalaxyID {gid} has {len(several[gid])} image files "
                                       f"({readable(', '.join(several[gid]))}); keep one"))
+        elif gid in not_files and gid not in images:
+            rejected.append(Rejection(written, where, "train", f"image {readable(not_files[gid])}, not a regular file"))
         elif gid not in images or images[gid][0] != TRAIN_IMAGES:
             rejected.append(Rejection(written, f"{TRAIN_IMAGES}/{gid}.jpg", "train",
                                       "image file missing for this label row"))
@@ -316,27 +336,6 @@ def read_catalog(data: str | Path | InputFiles, tol: float = 1e-4) -> Catalog:
 
 
 def jpeg_problem(data: bytes) -> str | None:
-    """Why these bytes are not a usable GZ2 JPEG, or None. Decodes the whole image once."""
-    if not data:
-        return "empty file"
-    if data[:3] != b"\xff\xd8\xff":
-        return "not a JPEG (no JPEG start-of-image marker)"
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != "JPEG":
-                return f"not a JPEG ({im.format})"
-            if im.size != IMAGE_SIZE:
-                return f"image is {im.size[0]}x{im.size[1]}, expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
-            orientation = im.getexif().get(_ORIENTATION)
-            if orientation not in (None, 1):
-                return (f"EXIF Orientation tag is {orientation}, not 1: DALI would rotate this image and PIL would "
-                        f"not; rotate its pixels and drop the tag (e.g. `exiftran -ai`), then re-pack")
-            if im.mode not in ("RGB", "L"):
-                return (f"JPEG colour mode {im.mode} is not supported (only RGB and grayscale decode the same "
-                        f"everywhere); convert it to RGB")
-            im.load()  # raises on truncated or corrupt entropy-coded data
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
-        return f"cannot decode JPEG: {exc}"
-    if b"\xff\xd9" not in data[-64:]:
-        return "truncated JPEG (no end-of-image marker)"
-    return None
+    """Why these bytes are not a usable GZ2 JPEG (424×424, RGB or greyscale, no EXIF orientation), or None.
+    Decodes the whole image once."""
+    return stored_jpeg_problem(data, IMAGE_SIDE)

@@ -2,7 +2,12 @@
 
     OUT/manifest.json, OUT/rejected.csv, OUT/.pack.lock, OUT/.pack-state/ (while a pack is unfinished)
     OUT/train/<tier>/gz2-train-<tier>-NNNNNN.tar   OUT/val/gz2-val-NNNNNN.tar   OUT/test/gz2-test-NNNNNN.tar
-    a DALI `.idx` next to every tar
+    a DALI `.idx` next to every tar; OUT/ids.csv in a set of string-id galaxies (sample id -> catalogue id)
+
+A sample is `<key>.jpg` (a side×side JPEG), `<key>.i64` (the sample id), `<key>.f32` (the tree's cumulative
+vote fractions, absent in test shards) and, in a set packed from vote counts, `<key>.cnt` (the counts).
+The manifest says which tree, whether counts are present, the image side and the id kind; a manifest
+without those fields (every set packed before them) means gz2-kaggle, fractions only, 424 px, integer ids.
 
 `PackedSet.open(root)` reads a set by its root; its shard paths are absolute, so nobody joins paths by
 hand. The DALI index format (`v1.2 N`, then one line a sample: `ext offset size member` repeated) is
@@ -22,9 +27,15 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from .errors import UserError
+from . import objstore
+from .ids import ID_KINDS, ID_TABLE, parse_id_table
+from .layout_error import LayoutError
+from .objstore import is_remote
+from .schema import TIERS
+from .trees import GZ2_KAGGLE, Tree, TreeError
 
 MANIFEST = "manifest.json"
 REJECTED = "rejected.csv"
@@ -32,14 +43,22 @@ LOCK = ".pack.lock"       # held (flock) by the one pack writing a set; its pres
 STATE = ".pack-state"     # per-shard records of an unfinished pack, so a re-run resumes
 FORMAT = "gzfast-shards-v1"
 SPLITS = ("train", "val", "test")
-SAMPLE_PARTS = {"jpg": "original JPEG bytes", "f32": "37 labels, little-endian float32, Kaggle column order",
+# What a manifest without a "sample" description of its own means (the sets packed before trees).
+SAMPLE_PARTS = {"jpg": "original JPEG bytes", "f32": f"{GZ2_KAGGLE.n} labels, little-endian float32, Kaggle column order",
                 "i64": "GalaxyID, little-endian int64"}
 TMP_MARK = ".tmp"  # every temp name this project writes contains it (see atomic_path)
-IMAGE_SIDE = 424   # every packed JPEG is 424×424 (pack checks it), as every Kaggle GZ2 image is
+IMAGE_SIDE = 424   # the default side of packed JPEGs, as every Kaggle GZ2 image is 424×424
 
 
-class LayoutError(UserError, ValueError):
-    """A packed set, a shard or an index that cannot be read as the layout says."""
+def sample_parts(tree: Tree, has_counts: bool, kept_originals: bool) -> dict[str, str]:
+    """The manifest's description of a sample's parts."""
+    parts = {"jpg": "original JPEG bytes" if kept_originals else "JPEG bytes (originals kept where already "
+                                                                   "side x side JPEG, the rest re-encoded)",
+             "f32": f"{tree.n} cumulative vote fractions, little-endian float32, in the order of `columns`",
+             "i64": "sample id, little-endian int64 (the catalogue id, or its row in the id table)"}
+    if has_counts:
+        parts["cnt"] = f"{tree.n} vote counts, little-endian float32, in the order of `columns`"
+    return parts
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -56,12 +75,12 @@ _SHARD_FILE = re.compile(r"(train/(high|medium|low)/gz2-train-\2|(val|test)/gz2-
 
 def is_pack_name(relpath: str) -> bool:
     """Whether `relpath` (posix, relative to a set's root) is a name `pack` writes: a shard, an index, the
-    manifest, rejected.csv, the lock, the resume state, or the temp name of any of these. `pack` deletes
+    manifest, rejected.csv, the id table, the lock, the resume state, or the temp name of any of these. `pack` deletes
     nothing else, so a user's notes or `test/submission.csv` inside a packed set survive a re-pack."""
     folder, _, name = relpath.rpartition("/")
     if name.startswith(".") and TMP_MARK in name:  # `.<name>.tmp<pid>` beside <name> (atomic_path)
         return is_pack_name(f"{folder}/{name[1:].rpartition(TMP_MARK)[0]}".lstrip("/"))
-    return (relpath in (MANIFEST, REJECTED, LOCK) or relpath.split("/", 1)[0] == STATE
+    return (relpath in (MANIFEST, REJECTED, LOCK, ID_TABLE) or relpath.split("/", 1)[0] == STATE
             or _SHARD_FILE.fullmatch(relpath) is not None)
 
 
@@ -75,13 +94,8 @@ def index_path(tar_path: str | os.PathLike) -> str:
 
 # --- reading a local path or an s3:// address ------------------------------------------------------
 
-def is_remote(path) -> bool:
-    return str(path).startswith("s3://")
-
-
 def _store():
-    from . import objstore  # boto3 only when a set is remote
-    return objstore
+    return objstore  # imports boto3 only on its first request
 
 
 def file_size(path) -> int:
@@ -197,7 +211,12 @@ class Shard:
 
 
 class PackedSet:
-    """A packed set opened by its root. Read-only: `pack` is the only writer."""
+    """A packed set opened by its root. Read-only: `pack` is the only writer.
+
+    Besides its shards: `tree` (the decision tree of its labels), `has_counts` (samples carry `.cnt`),
+    `image_side`, `id_kind` ('integer' or 'string'), `id_column` (the catalogue's name for the id) and
+    `id_names()`. Opening checks what every reader relies on (splits disjoint, thresholds in order, a known
+    tree), so a bad manifest stops the trainer as it stops verify, in one line naming the field."""
 
     def __init__(self, root: str, manifest: dict):
         self.root = root
@@ -209,8 +228,59 @@ class PackedSet:
                                "low": float(manifest["thresholds"]["low"])}
             if not isinstance(manifest.get("counts", {}), dict):
                 raise TypeError("counts is not an object")
-        except (KeyError, TypeError, ValueError) as exc:
+            self.tree = Tree.from_dict(manifest["tree"], f"{self.manifest_path}: field tree") \
+                if "tree" in manifest else GZ2_KAGGLE
+            self.has_counts = manifest.get("has_counts", False)
+            image, ids = manifest.get("image", {}), manifest.get("ids", {})
+            self.image_side = int(image.get("side", IMAGE_SIDE))
+            self.id_kind = ids.get("kind", "integer")
+            self.id_column = str(ids.get("column", GZ2_KAGGLE.id_column))
+            self.id_table = ids.get("table")
+        except TreeError as exc:
+            raise LayoutError(str(exc)) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LayoutError(f"{self.manifest_path}: manifest lacks or garbles a field ({exc!r})") from None
+        problem = self._manifest_problem()
+        if problem:
+            raise LayoutError(f"{self.manifest_path}: {problem}; re-run `python -m shard_tools pack`")
+
+    def _manifest_problem(self) -> str | None:
+        """The first inconsistency of the manifest itself (no shard is read), or None."""
+        high, low = self.thresholds["high"], self.thresholds["low"]
+        if not 0 <= low <= high <= 1:
+            return f"tier thresholds out of order (need 0 <= low <= high <= 1, the manifest has high {high}, low {low})"
+        seen: dict[str, str] = {}
+        for s in self.shards:
+            if s.split not in SPLITS:
+                return f"shard {s.relpath} has split {s.split!r}, not one of {', '.join(SPLITS)}"
+            if (s.split == "train") != (s.tier is not None) or (s.tier is not None and s.tier not in TIERS):
+                return f"shard {s.relpath} of split {s.split} has tier {s.tier!r}"
+            if s.relpath in seen:
+                return f"shard {s.relpath} is listed twice (as {seen[s.relpath]} and as {s.split}): splits must be disjoint"
+            seen[s.relpath] = s.split
+        if not isinstance(self.has_counts, bool):
+            return f"has_counts is {self.has_counts!r}, not true or false"
+        if self.image_side < 1:
+            return f"image side {self.image_side} is not a positive number of pixels"
+        if self.id_kind not in ID_KINDS or (self.id_kind == "string") != (self.id_table == ID_TABLE):
+            return f"ids are {self.id_kind!r} with id table {self.id_table!r} (integer ids have none, string ids {ID_TABLE})"
+        return None
+
+    @cached_property
+    def _names(self) -> dict[int, str] | None:
+        if self.id_kind == "integer":
+            return None
+        path = self._abs(self.id_table)
+        try:
+            return parse_id_table(read_all(path), path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LayoutError(f"{path}: cannot read the id table ({exc}); re-run pack") from None
+        except ValueError as exc:
+            raise LayoutError(f"{exc}; re-run pack") from None
+
+    def id_names(self) -> dict[int, str] | None:
+        """None for integer ids (a sample id is the catalogue id); else sample id -> catalogue id."""
+        return self._names
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> PackedSet:

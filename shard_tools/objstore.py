@@ -10,9 +10,11 @@ answering ends in an error, not a hang. Torch-free and DALI-free; boto3 is impor
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 
-from .layout import LayoutError
+from .layout_error import LayoutError
 
 SCHEME = "s3://"
 CONNECT_TIMEOUT_S = 5
@@ -25,15 +27,38 @@ class ObjStoreError(LayoutError):
     """An object that cannot be read or written; the message says which and why."""
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", re.ASCII)
+
+
 def is_remote(path) -> bool:
+    """Whether `path` is an object-storage address (the one test of it: layout and readers use this)."""
     return str(path).startswith(SCHEME)
 
 
+def bucket_name_problem(name: str) -> str | None:
+    """Why `name` cannot be an S3 bucket (the naming rules AWS and S3-compatible stores enforce), or None."""
+    if not 3 <= len(name) <= 63:
+        return f"is {len(name)} characters long; a bucket name has 3 to 63"
+    if not _BUCKET.fullmatch(name):
+        return ("may hold only lowercase letters, digits, dots and hyphens, and must start and end with a letter "
+                "or a digit")
+    if ".." in name:
+        return "has two dots in a row"
+    try:
+        ipaddress.IPv4Address(name)
+        return "is written like an IP address"
+    except ValueError:
+        return None
+
+
 def split(url: str) -> tuple[str, str]:
-    """`s3://bucket/key` -> (bucket, key)."""
+    """`s3://bucket/key` -> (bucket, key); ObjStoreError for an address whose bucket cannot exist."""
     bucket, _, key = str(url)[len(SCHEME):].partition("/")
     if not bucket:
         raise ObjStoreError(f"{url}: not an s3://bucket/prefix address")
+    problem = bucket_name_problem(bucket)
+    if problem:
+        raise ObjStoreError(f"{url}: {bucket!r} cannot be an S3 bucket name: it {problem}; check the address")
     return bucket, key
 
 

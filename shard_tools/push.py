@@ -3,7 +3,7 @@
 A reader opens a set by its manifest, so a push that stops half-way (or a re-push under way) is never
 taken for a valid set: the previous manifest at that address is deleted first and the new one goes up
 only after every shard and index. The local set is checked (sizes, counts, indexes) before anything is
-uploaded.
+uploaded. A string-id set's id table travels with it.
 """
 from __future__ import annotations
 
@@ -25,9 +25,12 @@ def push(out: str | os.PathLike, url: str, progress: bool = True) -> tuple[int, 
     if problems:
         raise LayoutError(f"{out}: {len(problems)} problem(s), first: {problems[0]}; run `python -m shard_tools verify "
                           f"{out}`, re-run pack, then push")
+    packed.id_names()  # a string-id set without a readable id table stops here, in one line
     url = url.rstrip("/")
     objstore.check_bucket(url)
     files = [(p, rel) for s in packed.shards for p, rel in ((s.path, s.relpath), (s.index, s.relpath[:-4] + ".idx"))]
+    if packed.id_table:  # string ids: the table that maps sample ids back
+        files.append((os.path.join(packed.root, packed.id_table), packed.id_table))
     if os.path.exists(os.path.join(packed.root, REJECTED)):
         files.append((os.path.join(packed.root, REJECTED), REJECTED))
     files.append((packed.manifest_path, MANIFEST))  # last: its arrival makes the set valid

@@ -1,8 +1,11 @@
-"""A synthetic GZ2-like data set in the Kaggle layout, for tests and for the main job without real data.
+"""A synthetic GZ2-like data set, for tests and for the main job without real data.
+
+Layouts: `kaggle` (the default): the Kaggle layout, vote fractions; `gz2` and `ring-merger`: a catalogue of
+vote counts and its images (synth_catalogs.py).
 
 Each galaxy gets a morphology (smooth, disk, spiral with 1-5+ arms and a winding, bar, bulge, edge-on,
 odd features such as rings, dust lanes, mergers); the image is rendered from it as an SDSS-like
-424×424 cut-out (dark noisy sky, stars, PSF-soft light profiles) and the 37 labels come from simulated
+424×424 cut-out (dark noisy sky, stars, PSF-soft light profiles) and the Kaggle labels come from simulated
 volunteers walking the GZ2 decision tree, so every row obeys DESIGN §2 exactly (including the Q6 quirk)
 and the labels carry the signal that a CNN can read off the pixels. How clearly volunteers agree depends
 on how bright and large the galaxy is, which spreads the label confidence over all three tiers.
@@ -25,12 +28,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from .catalog import LABELS_CSV, TEST_IMAGES, TRAIN_IMAGES
+from .errors import UserError
 from .layout import IMAGE_SIDE, is_temp_name, write_atomic
 from .schema import COLUMNS, CSV_HEADER
 
 SIZE = IMAGE_SIDE
 MARKER = "synth.json"   # marks a folder as synth's and says which files in it are synth's own
 GENERATOR = "gzfast-synth-v1"
+LAYOUTS = ("kaggle", "gz2", "ring-merger")
+DEFAULT_N_TEST = 500
 _NOISE_BANK = 768  # side of the per-process pre-drawn sky-noise field; images take random windows of it
 _STRETCH_Q = 30.0  # asinh softening, in flux units
 _STRETCH_MAX = 2048
@@ -115,8 +121,8 @@ def vote_probabilities(m: dict, clarity: float) -> dict[int, np.ndarray]:
     return p
 
 
-def simulate_votes(probs: dict[int, np.ndarray], n_voters: int, rng: np.random.Generator) -> np.ndarray:
-    """Walks `n_voters` volunteers down the GZ2 tree; returns the 37 vote fractions (float64).
+def simulate_counts(probs: dict[int, np.ndarray], n_voters: int, rng: np.random.Generator) -> np.ndarray:
+    """Walks `n_voters` volunteers down the GZ2 tree; returns each answer's vote count, in the tree's order.
 
     Q6 is asked of everybody (the Kaggle quirk: it sums to 1, star/artifact voters included)."""
     def ask(q, n):
@@ -134,7 +140,12 @@ def simulate_votes(probs: dict[int, np.ndarray], n_voters: int, rng: np.random.G
     counts[5] = ask(5, face_on)
     counts[6] = ask(6, n_voters)
     counts[8] = ask(8, counts[6][0])
-    return np.concatenate([counts[q] for q in range(1, 12)]).astype(np.float64) / n_voters
+    return np.concatenate([counts[q] for q in range(1, 12)])
+
+
+def simulate_votes(probs: dict[int, np.ndarray], n_voters: int, rng: np.random.Generator) -> np.ndarray:
+    """The vote fractions (float64, Kaggle's cumulative ones) of `n_voters` volunteers walking the tree."""
+    return simulate_counts(probs, n_voters, rng).astype(np.float64) / n_voters
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,13 +274,18 @@ def clarity_of(m: dict, rng: np.random.Generator) -> float:
     return float(np.clip(0.45 + 0.5 * visibility + rng.normal(0, 0.04), 0.4, 0.99))
 
 
-def make_galaxy(galaxy_id: int, seed: int, renderer: Renderer) -> tuple[bytes, np.ndarray]:
-    """JPEG bytes and the 37 vote fractions of one synthetic galaxy."""
+def draw_galaxy(galaxy_id: int, seed: int, renderer: Renderer) -> tuple[np.random.Generator, dict, np.ndarray, float]:
+    """The random stream of one galaxy, its morphology, its 424×424 RGB image and the volunteers' clarity."""
     rng = np.random.default_rng([seed, galaxy_id])
     m = sample_morphology(rng)
     img = renderer.render(m, rng)
     # Volunteers agree more on bright, large galaxies; small faint ones leave them unsure.
-    clarity = clarity_of(m, rng)
+    return rng, m, img, clarity_of(m, rng)
+
+
+def make_galaxy(galaxy_id: int, seed: int, renderer: Renderer) -> tuple[bytes, np.ndarray]:
+    """JPEG bytes and the vote fractions (Kaggle columns) of one synthetic galaxy."""
+    rng, m, img, clarity = draw_galaxy(galaxy_id, seed, renderer)
     labels = simulate_votes(vote_probabilities(m, clarity), int(rng.integers(30, 71)), rng)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=int(rng.integers(80, 90)))
@@ -291,7 +307,7 @@ def _make_one(job):
     return galaxy_id, labels
 
 
-class SynthError(ValueError):
+class SynthError(UserError, ValueError):
     """An anticipated failure of synth (bad numbers, an --out that is not synth's): one line for the user."""
 
 
@@ -321,19 +337,34 @@ def _read_marker(out: Path) -> dict | None:
     except ValueError:  # undecodable or not JSON
         prev = None
     if not (isinstance(prev, dict) and prev.get("generator") == GENERATOR
-            and all(isinstance(prev.get(k), int) and prev[k] >= 0 for k in ("n_train", "n_test", "seed"))):
+            and all(isinstance(prev.get(k), int) and prev[k] >= 0 for k in ("n_train", "n_test", "seed"))
+            and prev.get("layout", "kaggle") in LAYOUTS):
         raise SynthError(f"{marker}: not a marker this synth wrote ({GENERATOR}), so it cannot tell its own files "
                          f"from others there; pick an empty or new --out")
     return prev
 
 
-def _remove_previous(out: Path, prev: dict):
-    """Deletes the files the previous marker accounts for: its images, its CSV, temp names; the marker last,
-    so a crash halfway leaves a folder the next run still recognises."""
-    train_ids, test_ids = synth_ids(prev["n_train"], prev["n_test"], prev["seed"])
+def _kaggle_files(out: Path, params: dict) -> list[Path]:
+    train_ids, test_ids = synth_ids(params["n_train"], params["n_test"], params["seed"])
     paths = [out / TRAIN_IMAGES / f"{i}.jpg" for i in train_ids] + [out / TEST_IMAGES / f"{i}.jpg" for i in test_ids]
-    paths.append(out / LABELS_CSV)
-    paths += [p for p in out.iterdir() if is_temp_name(p.name) and p.name.lstrip(".").startswith((LABELS_CSV, MARKER))]
+    return [*paths, out / LABELS_CSV]
+
+
+def own_files(out: Path, params: dict) -> list[Path]:
+    """Every file a set of these parameters consists of (the marker aside)."""
+    layout = params.get("layout", "kaggle")
+    if layout == "kaggle":
+        return _kaggle_files(out, params)
+    from .synth_catalogs import catalog_files
+    return catalog_files(out, layout, params["n_train"], params["seed"])
+
+
+def _remove_previous(out: Path, prev: dict):
+    """Deletes the files the previous marker accounts for: its images, its table, temp names; the marker
+    last, so a crash halfway leaves a folder the next run still recognises."""
+    paths = own_files(out, prev)
+    tables = tuple(p.name for p in paths if p.parent == out) + (MARKER,)
+    paths += [p for p in out.iterdir() if is_temp_name(p.name) and p.name.lstrip(".").startswith(tables)]
     for path in paths:
         path.unlink(missing_ok=True)
 
@@ -345,36 +376,61 @@ def _foreign_images(out: Path, train_ids, test_ids) -> list[str]:
                   for p in (out / d).iterdir() if f"{d}/{p.name}" not in ours)
 
 
-def synthesize(out: str | os.PathLike, n_train: int, n_test: int, seed: int = 0,
-               workers: int | None = None, progress: bool = True) -> dict:
-    """Writes the Kaggle layout under `out`; does nothing if the same set is already complete there.
+def _check_args(n_train: int, n_test: int | None, seed: int, workers: int | None, layout: str) -> int:
+    """The number of test images, once the arguments are known to be usable."""
+    if layout not in LAYOUTS:
+        raise SynthError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout != "kaggle" and n_test:
+        raise SynthError(f"--n-test is for the kaggle layout (a {layout} catalogue has labelled rows only); leave it out")
+    n_test = (DEFAULT_N_TEST if layout == "kaggle" else 0) if n_test is None else n_test
+    if n_train < 1 or n_test < 0 or seed < 0:
+        raise SynthError(f"synth needs --n-train >= 1, --n-test >= 0 and --seed >= 0 (got {n_train}, {n_test}, {seed})")
+    if workers is not None and workers < 1:
+        raise SynthError(f"--workers must be >= 1, got {workers}")
+    return n_test
+
+
+def synthesize(out: str | os.PathLike, n_train: int, n_test: int | None = None, seed: int = 0,
+               workers: int | None = None, progress: bool = True, layout: str = "kaggle") -> dict:
+    """Writes a synthetic set under `out` (the Kaggle layout, or a `gz2` / `ring-merger` catalogue); does
+    nothing if the same set is already complete there.
 
     `out/synth.json` marks the folder as synth's and says which files are its own: a re-run with other
     parameters removes exactly those (so no images of an earlier, larger set are left to be packed) and
     refuses a non-empty folder without the marker."""
     out = Path(out)
-    if n_train < 1 or n_test < 0 or seed < 0:
-        raise SynthError(f"synth needs --n-train >= 1, --n-test >= 0 and --seed >= 0 (got {n_train}, {n_test}, {seed})")
-    if workers is not None and workers < 1:
-        raise SynthError(f"--workers must be >= 1, got {workers}")
+    n_test = _check_args(n_train, n_test, seed, workers, layout)
     params = {"n_train": n_train, "n_test": n_test, "seed": seed, "generator": GENERATOR}
+    if layout != "kaggle":  # a marker without a layout is a kaggle one (every marker written before layouts)
+        params["layout"] = layout
     prev = _read_marker(out)
-    train_ids, test_ids = synth_ids(n_train, n_test, seed)
-    train_dir, test_dir = out / TRAIN_IMAGES, out / TEST_IMAGES
-    jobs = [(int(i), seed, str(train_dir / f"{i}.jpg")) for i in train_ids]
-    jobs += [(int(i), seed, str(test_dir / f"{i}.jpg")) for i in test_ids]
+    ours = own_files(out, params)
     # A marker without "complete" is one an earlier synth wrote when done.
-    if prev is not None and prev.get("complete", True) and {k: prev[k] for k in params} == params \
-            and all(os.path.exists(j[2]) for j in jobs) and (out / LABELS_CSV).exists():
+    if prev is not None and prev.get("complete", True) and {k: prev.get(k) for k in params} == params \
+            and prev.get("layout", "kaggle") == layout and all(p.exists() for p in ours):
         print(f"synth: {out} already holds this set ({n_train} train + {n_test} test, seed {seed}); nothing to do")
         return params
     if prev is not None:
         _remove_previous(out, prev)
     # From here the marker accounts for the new files: an interrupted run is still recognised, and redone.
     write_atomic(out / MARKER, json.dumps({**params, "complete": False}))
+    workers = workers or os.cpu_count() or 1
+    if layout == "kaggle":
+        _write_kaggle(out, n_train, n_test, seed, workers, progress)
+    else:
+        from .synth_catalogs import write_catalog
+        write_catalog(out, layout, n_train, seed, workers, progress)
+    write_atomic(out / MARKER, json.dumps({**params, "complete": True}))
+    return params
+
+
+def _write_kaggle(out: Path, n_train: int, n_test: int, seed: int, workers: int, progress: bool):
+    train_ids, test_ids = synth_ids(n_train, n_test, seed)
+    train_dir, test_dir = out / TRAIN_IMAGES, out / TEST_IMAGES
+    jobs = [(int(i), seed, str(train_dir / f"{i}.jpg")) for i in train_ids]
+    jobs += [(int(i), seed, str(test_dir / f"{i}.jpg")) for i in test_ids]
     train_dir.mkdir(parents=True, exist_ok=True)
     test_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
     labels = {}
     with mp.get_context("fork").Pool(workers, _init_worker, (seed,)) as pool:
@@ -386,10 +442,8 @@ def synthesize(out: str | os.PathLike, n_train: int, n_test: int, seed: int = 0,
     table.insert(0, "GalaxyID", train_ids)
     assert list(table.columns) == CSV_HEADER
     write_atomic(out / LABELS_CSV, table.to_csv(index=False, float_format="%.6f"))
-    write_atomic(out / MARKER, json.dumps({**params, "complete": True}))
     print(f"synth: wrote {n_train} train + {n_test} test images to {out} ({rate:.0f} img/s, {workers} workers)")
     foreign = _foreign_images(out, train_ids, test_ids)
     if foreign:
         print(f"synth: note: {len(foreign)} file(s) in {out} that synth did not write were kept (e.g. {foreign[0]}); "
               f"pack will see them", file=sys.stderr)
-    return params

@@ -35,7 +35,7 @@ from shard_tools.verify import verify
 
 from helpers import REPO, load_manifest, read_shard_samples
 
-pytestmark = pytest.mark.slow  # 55 subprocesses, 20 of them full packs (each imports torch via webdataset): ~65 s CPU
+pytestmark = pytest.mark.slow  # 55 subprocesses, 20 of them full packs
 
 ERROR_LINE = re.compile(r"^(python -m shard_tools )?(synth|pack|verify): error: ")
 PACK_FAST = ["--workers", "1", "--shard-size", "8"]

@@ -57,3 +57,30 @@ def test_rerun_is_a_no_op(tmp_path, capsys):
     synthesize(tmp_path, 5, 1, seed=0, workers=1, progress=False)
     assert "nothing to do" in capsys.readouterr().out
     assert (tmp_path / "training_solutions_rev1.csv").stat().st_mtime_ns == stamp
+
+
+def test_catalogue_layouts_vary_volunteers_and_replace_only_their_own_files(tmp_path, capsys):
+    import pytest
+
+    from shard_tools.synth import SynthError
+    from shard_tools.trees import load_tree
+    out = tmp_path / "gz2"
+    synthesize(out, 30, seed=3, workers=2, progress=False, layout="gz2")
+    tree = load_tree("gz2")
+    df = pd.read_csv(out / "catalog.csv", dtype={"dr7objid": str})
+    counts = df[tree.count_columns()].to_numpy()
+    voters = counts[:, list(tree.questions[0].columns)].sum(1)
+    assert voters.min() >= 5 and voters.max() <= 60 and len(set(voters)) > 5
+    assert np.allclose(tree.fractions_from_counts(counts)[:, 0], counts[:, 0] / voters)
+    first = sorted(p.relative_to(out) for p in (out / "images").rglob("*.*"))
+    assert len(first) == 30 and {p.suffix for p in first} == {".jpg", ".png"}
+    (out / "images" / "mine.txt").write_text("mine\n")
+    synthesize(out, 30, seed=3, workers=1, progress=False, layout="gz2")
+    assert "nothing to do" in capsys.readouterr().out
+    synthesize(out, 12, seed=3, workers=1, progress=False, layout="ring-merger")  # replaces the gz2 set
+    assert not any((out / "images" / p).exists() for p in first)
+    assert (out / "images" / "mine.txt").read_text() == "mine\n"
+    assert list(pd.read_csv(out / "catalog.csv").columns) == ["id_str", "file_loc", "ring_yes_count", "ring_no_count",
+                                                             "merger_yes_count", "merger_no_count"]
+    with pytest.raises(SynthError, match="--n-test is for the kaggle layout"):
+        synthesize(tmp_path / "x", 5, 2, layout="gz2")
