@@ -342,7 +342,7 @@ class Trainer:
     def data_facts(self) -> dict:
         """What prediction, embedding and export need to know of the data without the shards."""
         return {"tree": self.tree.to_dict(), "image_side": self.data.image_side, "has_counts": self.data.has_counts,
-                "fit": getattr(self.data, "fit", "crop")}
+                "fit": self.data.manifest.get("image", {}).get("fit", "crop")}
 
     def _announce(self):
         if not self.is_main:

@@ -11,7 +11,7 @@
   (`J000000.80+004200.0`) and `<question>_<answer>_count` columns: ring yes/no from the morphology's ring,
   merger yes/no from its merger.
 
-Galaxies come from synth.py's morphology, renderer and volunteers; every file is fixed by (seed, row).
+Galaxies come from galaxies.py's morphology, renderer and volunteers; every file is fixed by (seed, row).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from . import synth
+from . import galaxies
 from .layout import write_atomic
 from .trees import Tree, builtin_tree
 
@@ -99,10 +99,10 @@ def _two_answers(rng, present: bool, clarity: float, n_voters: int) -> list[int]
 def _make_row(job) -> tuple[int, list[int]]:
     index, key, path, kind, layout, seed = job
     if layout == "gz2":
-        rng, m, img, clarity = synth.draw_galaxy(int(key), seed, synth._worker_renderer)
-        counts = synth.simulate_counts(synth.vote_probabilities(m, clarity), int(rng.integers(5, 61)), rng).tolist()
+        rng, m, img, clarity = galaxies.draw_galaxy(int(key), seed, galaxies._worker_renderer)
+        counts = galaxies.simulate_counts(galaxies.vote_probabilities(m, clarity), int(rng.integers(5, 61)), rng).tolist()
     else:
-        rng, m, img, clarity = synth.draw_galaxy(index, seed, synth._worker_renderer)
+        rng, m, img, clarity = galaxies.draw_galaxy(index, seed, galaxies._worker_renderer)
         n_voters = int(rng.integers(5, 41))
         counts = _two_answers(rng, m["odd"] == "ring", clarity, n_voters) + \
             _two_answers(rng, m["odd"] == "merger", clarity, n_voters)
@@ -140,7 +140,7 @@ def write_catalog(out: Path, layout: str, n: int, seed: int, workers: int, progr
     jobs = [(i, key, str(out / IMAGES / rel), kind, layout, seed) for i, (key, rel, kind) in enumerate(rows)]
     counts: list = [None] * n
     t0 = time.perf_counter()
-    with mp.get_context("fork").Pool(workers, synth._init_worker, (seed,)) as pool:
+    with mp.get_context("fork").Pool(workers, galaxies._init_worker, (seed,)) as pool:
         for i, c in tqdm(pool.imap(_make_row, jobs, chunksize=8), total=n, desc="synth", unit="img",
                          disable=not progress):
             counts[i] = c

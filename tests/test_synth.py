@@ -3,7 +3,8 @@ import pandas as pd
 from PIL import Image
 
 from shard_tools import schema
-from shard_tools.synth import Renderer, make_galaxy, synthesize
+from shard_tools.galaxies import Renderer, make_galaxy
+from shard_tools.synth import synthesize
 
 
 def test_synthetic_labels_obey_the_tree_and_cover_all_tiers(synth_data):
