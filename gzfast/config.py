@@ -32,8 +32,8 @@ RESUME_FREE = RUN_CONTROL | {"out", "log_every", "workers"}
 
 
 # What config.json records about the launch and the data (the trainer adds them: the process count, the
-# decision tree, the image side): not settings, so a config file may carry them and they are ignored.
-LAUNCH_FACTS = {"world_size", "per_process_batch", "data"}
+# decision tree, the image side, the command line, the code's commit): not settings, so a config file may carry them and they are ignored.
+LAUNCH_FACTS = {"world_size", "per_process_batch", "data", "command", "commit"}
 
 # --log-with: Accelerate's tracker name -> the package it needs (optional extras, pyproject `trackers`).
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}

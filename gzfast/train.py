@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -337,7 +339,12 @@ class Trainer:
         """config.json: the config, and how this launch split it (the batch is global; each process takes
         `per_process_batch` per accumulation step)."""
         return {**self.cfg.to_dict(), "world_size": self.accelerator.num_processes, "per_process_batch": self.t.micro_batch,
-                "data": self.data_facts()}
+                "data": self.data_facts(), "command": self.command, "commit": code_commit()}
+
+    @property
+    def command(self) -> str:
+        """The command line that started this process (what a model card says trained it)."""
+        return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if sys.argv else "train.py", *sys.argv[1:]])
 
     def data_facts(self) -> dict:
         """What prediction, embedding and export need to know of the data without the shards."""
@@ -349,7 +356,9 @@ class Trainer:
             return
         config = self.run_config()
         write_atomic(self.run_dir / "config.json", json.dumps(config, indent=1) + "\n")
-        print("config: " + json.dumps(config), flush=True)
+        print("config: " + json.dumps({k: v for k, v in config.items() if k != "data"}), flush=True)
+        print(f"data: {self.data.root}: {self.tree.name} tree ({self.tree.n} answers), labels from "
+              f"{'vote counts' if self.data.has_counts else 'vote fractions'}, {self.data.image_side} px images", flush=True)
         print(f"processes {self.accelerator.num_processes}, device {self.accelerator.device}, "
               f"micro-batch {self.t.micro_batch} x grad-accum {self.cfg.grad_accum}", flush=True)
         for note in self.notes + self.t.notes:
@@ -364,6 +373,16 @@ class Trainer:
         if self.is_main and rate:
             print(f"compute ceiling: {rate:,.0f} img/s (the training step on synthetic tensors)", flush=True)
         return rate
+
+
+def code_commit() -> str | None:
+    """The git commit of this checkout (None outside a git checkout), recorded with the run."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def epoch_line(record: dict, epochs: int) -> str:
