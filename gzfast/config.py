@@ -1,4 +1,4 @@
-"""The training config: one dataclass with the study's defaults (DESIGN §1), from flags and/or a file.
+"""The training config: one dataclass with the study's defaults (docs/design.md §1), from flags and/or a file.
 
 Precedence: defaults < `--config FILE` (YAML or JSON, the same keys) < flags given on the command line.
 Unknown keys and values of the wrong type are errors. `resolve()` fills the choices that depend on the

@@ -1,4 +1,4 @@
-"""Curriculum schedules: a pure function of (manifest, schedule, epoch) -> shard list (DESIGN §3).
+"""Curriculum schedules: a pure function of (manifest, schedule, epoch) -> shard list (docs/design.md §6).
 
 A schedule is a string of stages `TIERS:EPOCHS` joined by commas, e.g. `high:4,high+medium:4,all:12`;
 plain training is `all:N`. TIERS is `all` or tier names joined by `+`.

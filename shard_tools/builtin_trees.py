@@ -2,7 +2,7 @@
 
 Sources of the facts (names, answer order, which answer asks each question):
 - gz2-kaggle: the Kaggle "Galaxy Zoo - The Galaxy Challenge" solutions file (`ClassN.M`) and its decision
-  tree (DESIGN §2; checked on the real rows to 2e-6), including its quirk: Q6 sums to 1.
+  tree (docs/design.md §2; checked on the real rows to 2e-6), including its quirk: Q6 sums to 1.
 - gz2: the GZ2 data release (Willett et al. 2013; Hart et al. 2016): tasks t01..t11, answers a01..a38,
   catalogue columns `<answer>_count` and `<answer>_fraction` (the fraction of the question's votes), id
   `dr7objid`. Its dependencies are GZ2's tree, the same as the Kaggle table.

@@ -1,4 +1,4 @@
-"""The layout of a packed set: the one reader (and namer) of what `pack` writes (DESIGN §3).
+"""The layout of a packed set: the one reader (and namer) of what `pack` writes (docs/design.md §4).
 
     OUT/manifest.json, OUT/rejected.csv, OUT/.pack.lock, OUT/.pack-state/ (while a pack is unfinished)
     OUT/train/<tier>/gz2-train-<tier>-NNNNNN.tar   OUT/val/gz2-val-NNNNNN.tar   OUT/test/gz2-test-NNNNNN.tar

@@ -1,4 +1,4 @@
-"""`pack`: a catalogue -> tier-split webdataset shards, DALI indexes and a manifest (DESIGN §3).
+"""`pack`: a catalogue -> tier-split webdataset shards, DALI indexes and a manifest (docs/design.md §4).
 
 Two inputs: the Kaggle layout (`pack(data_dir, ...)`, `--data`: the gz2-kaggle tree, 424×424 JPEGs kept
 byte for byte) and any catalogue (`pack_catalog(spec, ...)`, `--catalog FILE --images DIR --tree T`: CSV or

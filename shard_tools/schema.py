@@ -27,7 +27,7 @@ class Question:
 # gz2-kaggle names its questions Q1..Q11
 QUESTIONS: list[Question] = [Question(int(q.name[1:]), q.text, q.columns, q.parent) for q in TREE.questions]
 
-# Default tier thresholds (DESIGN §1): high c > 0.94, medium 0.85 <= c <= 0.94, low c < 0.85.
+# Default tier thresholds (docs/design.md §1): high c > 0.94, medium 0.85 <= c <= 0.94, low c < 0.85.
 HIGH = 0.94
 LOW = 0.85
 TIERS = ("high", "medium", "low")

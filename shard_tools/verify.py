@@ -1,4 +1,4 @@
-"""`verify`: re-reads a packed set and checks it against its manifest (DESIGN §3).
+"""`verify`: re-reads a packed set and checks it against its manifest (docs/design.md §4).
 
 Per shard: present, byte size and sha256 as recorded; a plain tar of regular files `<id>.<ext>`,
 ascending ids, every sample complete (jpg, i64, and f32 outside test, cnt where the set has counts) with

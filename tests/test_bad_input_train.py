@@ -108,7 +108,36 @@ CASES = [
     ("epochs-zero", lambda t, s: ["--epochs", "0"], "epochs must be >= 1"),
     ("precision-unknown", lambda t, s: ["--precision", "fp8"], "precision"),
     ("verify-shards-unknown", lambda t, s: ["--verify-shards", "always"], "quick or full"),
+    ("seed-out-of-range", lambda t, s: ["--seed", str(2**32)], "seed 4294967296: must be in 0..4294967295"),
+    ("seed-negative", lambda t, s: ["--seed", "-1"], "seed -1: must be in"),
+    ("lr-nan", lambda t, s: ["--lr-backbone", "nan"], "lr_backbone nan: must be a finite number"),
+    ("lr-negative", lambda t, s: ["--lr-head", "-0.1"], "lr_head -0.1: must be a finite number >= 0"),
+    ("weight-decay-infinite", lambda t, s: ["--weight-decay", "inf"], "weight_decay inf: must be a finite number"),
+    ("config-lr-nan", lambda t, s: ["--config", str(text_file(t / "c.yaml", "lr_backbone: .nan\n"))],
+     "lr_backbone nan: must be a finite number"),
+    ("batchnorm-micro-batch-of-one", lambda t, s: ["--model", "resnet10t", "--batch-size", "1"], "BatchNorm"),
+    ("grad-accum-leaves-no-step", lambda t, s: ["--batch-size", "256", "--grad-accum", "2", "--curriculum", "high:1"],
+     "no optimizer step"),
+    ("loss-unknown", lambda t, s: ["--loss", "huber"], "loss 'huber'"),
+    ("dirichlet-without-counts", lambda t, s: ["--loss", "dirichlet"], "packed from fractions only"),
+    ("head-does-not-fit-the-loss", lambda t, s: ["--loss", "dirichlet", "--head", "tree"], "with --loss dirichlet"),
+    ("out-under-a-file", lambda t, s: ["--out", str(text_file(t / "f.txt") / "run")], "is a file"),
+    ("out-locked-by-another-trainer", lambda t, s: ["--out", str(held_lock(t / "out-busy"))], "another trainer is writing"),
 ]
+
+HELD = []  # open lock files, held for the rest of the session like a running trainer holds its own
+
+
+def held_lock(run: Path) -> Path:
+    """`run` with RUN/.lock held (flock), as a trainer writing that run holds it."""
+    import fcntl
+    run.mkdir(parents=True)
+    f = open(run / ".lock", "w")
+    f.write("4242\n")
+    f.flush()
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    HELD.append(f)
+    return run
 
 
 @pytest.mark.parametrize("case, setup, message", CASES, ids=[c[0] for c in CASES])
@@ -171,3 +200,39 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
     assert "last.pt" in err[0]
     assert ckpt.load(run / "checkpoints" / "last.pt")["epoch"] == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_a_second_ctrl_c_during_training_is_one_line_and_keeps_the_last_checkpoint(synth_shards, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The first Ctrl-C asks for a checkpoint at the next step; a second one stops at once: one line, exit 130,
+    the last checkpoint as it was."""
+    from gzfast import checkpoint as ckpt
+    from gzfast import train as train_mod
+    real_step, calls = train_mod.training_step, []
+
+    def step(*args, **kw):
+        calls.append(1)
+        if len(calls) == 4:  # the first step of epoch 2 (3 batches of 96 an epoch): epoch 1's checkpoint exists
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "training_step", step)
+    run = tmp_path / "run"
+    args = ["--shards", str(synth_shards), "--out", str(run), *TINY, "--epochs", "2", "--batch-size", "96"]
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train: error: interrupted") and "--resume" in err[0], err
+    assert ckpt.load(run / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_two_trainers_started_together_into_one_new_folder_cannot_both_run(synth_shards, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "gzfast/train.py", "--shards", str(synth_shards), "--out", str(run), *TINY, "--epochs", "2"]
+    procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2).strip().splitlines()
+    assert len(refused) == 1 and ("another trainer is writing" in refused[0] or "already holds" in refused[0]), refused
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2

@@ -79,3 +79,16 @@ def test_cli_reports_a_bad_config_clearly(tmp_path):
     res = subprocess.run([sys.executable, "gzfast/train.py", "--shards", str(tmp_path / "none")],
                          cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2 and "no manifest" in res.stderr
+
+
+def test_yaml_1_1_spellings_mean_what_people_type(tmp_path):
+    """PyYAML reads `1e-4` (no dot) as text and `off` as false: a config file says what its writer meant."""
+    f = tmp_path / "c.yaml"
+    f.write_text("lr_backbone: 1e-4\nlr_head: 5E-4\ncompile: off\n")
+    c = parse_config(["--config", str(f)])
+    assert (c.lr_backbone, c.lr_head, c.compile) == (1e-4, 5e-4, "off")
+    f.write_text("compile: on\n")
+    assert parse_config(["--config", str(f)]).compile == "on"
+    f.write_text("lr_backbone: fast\n")
+    with pytest.raises(ConfigError, match="expected float"):
+        parse_config(["--config", str(f)])

@@ -198,6 +198,15 @@ def test_a_pil_run_over_s3_resumes_exactly_with_another_worker_count(s3, tmp_pat
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
+    def same(a, b):
+        """Equal records; floats to 1e-5 (torch's thread count follows the workers', and with it the order
+        of float sums: the data stream is the same, the last bits of a loss need not be)."""
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == pytest.approx(b, rel=1e-5) if isinstance(a, float) else a == b
+
     straight = tmp_path / "straight"
     assert main([*args, "--out", str(straight), "--workers", "0"]) == 0
     real_end = train_mod.Trainer.end_epoch
@@ -211,4 +220,4 @@ def test_a_pil_run_over_s3_resumes_exactly_with_another_worker_count(s3, tmp_pat
         m.setattr(train_mod.Trainer, "end_epoch", end_then_interrupt)
         assert main([*args, "--out", str(stopped), "--workers", "0"]) == 130
     assert main([*args, "--out", str(stopped), "--workers", "1", "--resume"]) == 0
-    assert untimed(stopped) == untimed(straight)
+    assert same(untimed(stopped), untimed(straight))
