@@ -251,15 +251,10 @@ class Trainer:
         mine = predict_batches(model, self.val_loader, acc.autocast, acc.device, self.tree.n)
         model.train()
         parts = distributed.gather((mine.preds, mine.labels, mine.counts))
-        outputs, labels = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
-        fractions = to_fractions(torch.from_numpy(outputs), cfg.head, self.tree).numpy()
-        report = evaluation_report(fractions, labels, self.data.thresholds["high"], self.data.thresholds["low"], self.tree)
-        if cfg.loss == "dirichlet":
-            counts = torch.from_numpy(np.concatenate([p[2] for p in parts]))
-            nll = dirichlet_multinomial_nll(torch.from_numpy(outputs), counts, self.tree).mean(dim=0).tolist()
-            report["nll_per_question"] = {q.name: v for q, v in zip(self.tree.questions, nll)}
-            report["nll"] = float(sum(nll))
-        return report
+        # a rank with nothing to evaluate hands over empty arrays
+        outputs, labels, counts = (np.concatenate(got) if (got := [p[k] for p in parts if p[k] is not None]) else None
+                                   for k in range(3))
+        return validation_report(outputs, labels, counts, cfg, self.tree, self.data.thresholds)
 
     def end_epoch(self, state: RunState):
         """Validation, the epoch's record and console line, best tracking, the epoch-end checkpoint."""
@@ -270,16 +265,7 @@ class Trainer:
         eval_time = time.perf_counter() - t_eval
         sums = torch.tensor([st.loss_sum, st.loss_count], device=acc.device, dtype=torch.float64)
         loss_sum, loss_count = acc.reduce(sums, "sum").tolist()  # the loss over every rank's batches
-        record = {"kind": "epoch", "epoch": state.epoch + 1, "stage": stage.name, "stage_index": stage_index,
-                  "train_loss": loss_sum / max(loss_count, 1), "samples": st.samples, "val_rmse": report["rmse"],
-                  "val_per_question": report["per_question"], "val_per_tier": report["per_tier"],
-                  **({"val_nll": report["nll"], "val_nll_per_question": report["nll_per_question"]} if "nll" in report else {}),
-                  "epoch_time": st.train_time + eval_time, "data_wait": st.data_wait,
-                  "first_batch_wait": st.first_batch_wait, "compute_time": st.train_time - st.data_wait,
-                  "eval_time": eval_time, "images_per_s": st.samples / max(st.train_time, 1e-9),
-                  "ceiling_images_per_s": self.ceiling}
-        # what the loader costs even when nobody waits on it: the fed rate against the bare step's
-        record["of_ceiling"] = record["images_per_s"] / self.ceiling if self.ceiling else None
+        record = epoch_record(state, stage_index, stage.name, report, eval_time, loss_sum / max(loss_count, 1), self.ceiling)
         self.log.append(record, state.global_step)
         if self.is_main:
             print(epoch_line(record, self.cfg.epochs), flush=True)
@@ -297,7 +283,7 @@ class Trainer:
         if not self.is_main:
             return
         state.elapsed, state.metrics_lines = self.log.elapsed(), self.log.lines
-        payload = checkpoint_payload(self.cfg.to_dict(), self.data.fingerprint, self.data_facts(), self.t.model.state_dict(),
+        payload = checkpoint_payload(self.cfg.to_dict(), self.data.fingerprint, data_facts(self.data), self.t.model.state_dict(),
                                      self.t.optimizer.state_dict(), acc.num_processes, state.state_dict(per_rank))
         ckpt.atomic_save(payload, self.ckpt_dir / ckpt.LAST)
         if best:
@@ -335,26 +321,12 @@ class Trainer:
             write_summary(self.run_dir, self.log.epochs(), self.val_paths, self.data.paths("train"), self.tree.n, cfg.plot)
         return 0
 
-    def run_config(self) -> dict:
-        """config.json: the config, and how this launch split it (the batch is global; each process takes
-        `per_process_batch` per accumulation step)."""
-        return {**self.cfg.to_dict(), "world_size": self.accelerator.num_processes, "per_process_batch": self.t.micro_batch,
-                "data": self.data_facts(), "command": self.command, "commit": code_commit()}
-
-    @property
-    def command(self) -> str:
-        """The command line that started this process (what a model card says trained it)."""
-        return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if sys.argv else "train.py", *sys.argv[1:]])
-
-    def data_facts(self) -> dict:
-        """What prediction, embedding and export need to know of the data without the shards."""
-        return {"tree": self.tree.to_dict(), "image_side": self.data.image_side, "has_counts": self.data.has_counts,
-                "fit": self.data.manifest.get("image", {}).get("fit", "crop")}
-
     def _announce(self):
         if not self.is_main:
             return
-        config = self.run_config()
+        config = {**self.cfg.to_dict(), "world_size": self.accelerator.num_processes,
+                  "per_process_batch": self.t.micro_batch, "data": data_facts(self.data), "command": command_line(),
+                  "commit": code_commit()}  # the launch facts (config.LAUNCH_FACTS) beside the config
         write_atomic(self.run_dir / "config.json", json.dumps(config, indent=1) + "\n")
         print("config: " + json.dumps({k: v for k, v in config.items() if k != "data"}), flush=True)
         print(f"data: {self.data.root}: {self.tree.name} tree ({self.tree.n} answers), labels from "
@@ -373,6 +345,47 @@ class Trainer:
         if self.is_main and rate:
             print(f"compute ceiling: {rate:,.0f} img/s (the training step on synthetic tensors)", flush=True)
         return rate
+
+
+def validation_report(outputs: np.ndarray, labels: np.ndarray, counts: np.ndarray | None, cfg: TrainConfig, tree,
+                      thresholds: dict) -> dict:
+    """RMSE on the fractions overall, per question and per tier; with --loss dirichlet also the NLL of the
+    vote counts, per question and summed."""
+    fractions = to_fractions(torch.from_numpy(outputs), cfg.head, tree).numpy()
+    report = evaluation_report(fractions, labels, thresholds["high"], thresholds["low"], tree)
+    if cfg.loss == "dirichlet":
+        nll = dirichlet_multinomial_nll(torch.from_numpy(outputs), torch.from_numpy(counts), tree).mean(dim=0).tolist()
+        report["nll_per_question"] = {q.name: v for q, v in zip(tree.questions, nll)}
+        report["nll"] = float(sum(nll))
+    return report
+
+
+def epoch_record(state: RunState, stage_index: int, stage_name: str, report: dict, eval_time: float, train_loss: float,
+                 ceiling_rate: float | None) -> dict:
+    """metrics.jsonl's record of the epoch that just ended (its running sums in `state.stats`)."""
+    st = state.stats
+    record = {"kind": "epoch", "epoch": state.epoch + 1, "stage": stage_name, "stage_index": stage_index,
+              "train_loss": train_loss, "samples": st.samples, "val_rmse": report["rmse"],
+              "val_per_question": report["per_question"], "val_per_tier": report["per_tier"],
+              **({"val_nll": report["nll"], "val_nll_per_question": report["nll_per_question"]} if "nll" in report else {}),
+              "epoch_time": st.train_time + eval_time, "data_wait": st.data_wait,
+              "first_batch_wait": st.first_batch_wait, "compute_time": st.train_time - st.data_wait,
+              "eval_time": eval_time, "images_per_s": st.samples / max(st.train_time, 1e-9),
+              "ceiling_images_per_s": ceiling_rate}
+    # what the loader costs even when nobody waits on it: the fed rate against the bare step's
+    record["of_ceiling"] = record["images_per_s"] / ceiling_rate if ceiling_rate else None
+    return record
+
+
+def data_facts(data: PackedSet) -> dict:
+    """What prediction, embedding and export need to know of the data without the shards."""
+    return {"tree": data.tree.to_dict(), "image_side": data.image_side, "has_counts": data.has_counts,
+            "fit": data.manifest.get("image", {}).get("fit", "crop")}
+
+
+def command_line() -> str:
+    """The command line that started this process (what a model card says trained the model)."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name if sys.argv else "train.py", *sys.argv[1:]])
 
 
 def code_commit() -> str | None:

@@ -57,3 +57,33 @@ def real_shards(real_data, tmp_path_factory) -> Path:
     return out
 
 
+
+
+@pytest.fixture(scope="session")
+def gz2_count_shards(tmp_path_factory) -> Path:
+    """A packed `gz2`-tree catalogue of 240 synthetic galaxies: vote counts (5-60 volunteers), JPEG/PNG,
+    RGB/grey, 256/424/512 px images."""
+    from shard_tools.pack import CatalogSpec, pack_catalog
+    from shard_tools.trees import load_tree
+    data = tmp_path_factory.mktemp("gz2_catalog")
+    synthesize(data, 240, seed=5, workers=2, progress=False, layout="gz2")
+    out = tmp_path_factory.mktemp("gz2_shards")
+    pack_catalog(CatalogSpec(data / "catalog.csv", data / "images", load_tree("gz2")), out,
+                 PackOptions(shard_size=32, val_fraction=0.2), workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ring_merger_shards(tmp_path_factory) -> Path:
+    """A packed catalogue of the two-question YAML tree `docs/examples/ring-merger.yaml`, with string
+    (IAU-like) ids and vote counts."""
+    from shard_tools.pack import CatalogSpec, pack_catalog
+    from shard_tools.trees import load_tree
+
+    from helpers import REPO
+    data = tmp_path_factory.mktemp("ring_catalog")
+    synthesize(data, 200, seed=6, workers=2, progress=False, layout="ring-merger")
+    out = tmp_path_factory.mktemp("ring_shards")
+    pack_catalog(CatalogSpec(data / "catalog.csv", data / "images", load_tree(REPO / "docs/examples/ring-merger.yaml")),
+                 out, PackOptions(shard_size=32, val_fraction=0.2), workers=2, progress=False)
+    return out
