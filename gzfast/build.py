@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shard_tools.errors import UserError
+
 from .config import ConfigError, TrainConfig, first_line
 from .model import GZ2Model, freeze, load_pretrained, param_groups
 
@@ -89,10 +91,12 @@ def build_training(cfg: TrainConfig, accelerator=None, model_state: dict | None 
     if cfg.pretrained:
         try:
             info = load_pretrained(model, cfg.pretrained)
+        except UserError:  # load_pretrained's own one-line refusals name the file and what fits
+            raise
         except Exception as exc:  # noqa: BLE001 - safetensors, pickle and torch each raise their own kind
             raise ConfigError(f"--pretrained {cfg.pretrained}: cannot use it ({first_line(exc)}); "
                               f"give a timm state dict (.safetensors or .pth) of {cfg.model}") from None
-        notes.append(f"loaded {info['loaded']} tensors from {cfg.pretrained} (classifier replaced)")
+        notes.append(info["summary"])
     else:
         notes.append("WARNING: no --pretrained weights given: training starts from RANDOM weights "
                      "(no model hub is used; pass a local timm state dict to fine-tune as the study did)")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .heads import HEADS, TreeHead, kaggle_tree, make_head, to_fractions
+from .pretrained import PretrainedError, lookalike, misfits, read_encoder, shapes
 
 __all__ = ["GZ2Model", "TreeHead", "freeze", "frozen_modules", "load_pretrained", "param_groups"]
 
@@ -36,33 +37,49 @@ class GZ2Model(nn.Module):
 
 
 def load_pretrained(model: GZ2Model, path: str | Path) -> dict:
-    """Loads a timm-format state dict (.safetensors or .pth) into the backbone; the classifier (head.fc on
-    a ConvNeXt) is replaced by ours. Returns {"loaded": n, "skipped": [names]}. Any other mismatch is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--pretrained {path}: file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-    own = model.backbone.state_dict()
+    """Loads timm weights into the backbone: a full classifier's state dict or a headless encoder's
+    (`num_classes=0`, zoobot's form), in any form `gzfast.pretrained.read_encoder` reads. The classifier is
+    ours (fresh, one output per answer) unless the file is a gzfast export of the same answers and head.
+    Returns {"loaded": n, "skipped": [dropped names], "classifier": "kept" | "replaced" | "new", "summary": line}.
+    Every other difference refuses the file (PretrainedError), naming the first misfits and the timm model the
+    tensors belong to."""
+    weights = read_encoder(path)
+    ours, theirs = shapes(model.backbone.state_dict()), shapes(weights.tensors)
     classifier = classifier_names(model)
-    skipped = [k for k in state if k in classifier or k not in own or own[k].shape != state[k].shape]
-    bad = [k for k in skipped if k not in classifier]
+    bad = misfits(theirs, ours, classifier)
+    name = model.backbone.default_cfg.get("architecture") or type(model.backbone).__name__
     if bad:
-        raise ValueError(f"--pretrained {path}: {len(bad)} tensors do not fit {type(model.backbone).__name__} "
-                         f"(e.g. {bad[:3]}); is it a state dict of the same timm model?")
-    usable = {k: v for k, v in state.items() if k not in skipped}
-    missing = [k for k in own if k not in usable and k not in classifier]
-    if missing:
-        raise ValueError(f"--pretrained {path}: missing {len(missing)} backbone tensors (e.g. {missing[:3]})")
-    model.backbone.load_state_dict(usable, strict=False)
-    return {"loaded": len(usable), "skipped": skipped}
+        raise PretrainedError(f"--pretrained {weights.path}: cannot use it: {len(bad)} of its tensors do not fit {name} "
+                              f"(first: {'; '.join(bad[:3])}); {lookalike(theirs, ours, name, classifier)}")
+    old_head = [k for k in weights.tensors if k in classifier]
+    keep, why = classifier_fate(model, weights, old_head, ours, theirs)
+    usable = {k: v for k, v in weights.tensors.items() if k not in classifier or keep}
+    model.backbone.load_state_dict(usable, strict=False)  # not strict for the classifier only: misfits() checked the rest
+    skipped = [] if keep else old_head
+    summary = f"--pretrained {weights.path}: loaded {len(usable)} backbone tensors; {why}"
+    if weights.prefix:
+        summary += f"; names under {weights.prefix!r}" + (f", {len(weights.outside)} tensors outside it dropped "
+                                                          f"(e.g. {', '.join(weights.outside[:3])})" if weights.outside else "")
+    return {"loaded": len(usable), "skipped": skipped + weights.outside,
+            "classifier": "kept" if keep else "replaced" if old_head else "new", "summary": summary}
+
+
+def classifier_fate(model: GZ2Model, weights, old_head: list[str], ours: dict, theirs: dict) -> tuple[bool, str]:
+    """Whether the file's classifier is kept, and the words saying what became of it: kept only when it is an
+    export of the same answers (in order) and head, so its outputs mean what ours do."""
+    n = model.tree.n
+    if not old_head:
+        return False, f"a headless encoder: the classifier ({n} outputs, one per answer) starts fresh"
+    dropped = f"dropped its classifier ({', '.join(old_head)}"
+    if any(theirs[k] != ours[k] for k in old_head):
+        out = theirs[old_head[0]][0] if theirs[old_head[0]] else "?"
+        return False, f"{dropped}: {out} outputs; ours has {n}, freshly initialised)"
+    gz = (weights.export_config or {}).get("gzfast", {})
+    same = weights.export_config is not None and weights.export_config.get("label_names") == list(model.tree.columns) \
+        and gz.get("head") == model.kind and set(old_head) == classifier_names(model)
+    if same:
+        return True, f"kept its classifier (an export of the same {n} answers, {model.kind} head)"
+    return False, f"{dropped}: not known to mean our {n} answers with a {model.kind} head; freshly initialised)"
 
 
 def head_module(model: GZ2Model) -> nn.Module:

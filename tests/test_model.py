@@ -1,9 +1,13 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
 import torch
 
 from gzfast.model import GZ2Model, TreeHead, freeze, frozen_modules, load_pretrained, param_groups
+from gzfast.pretrained import PretrainedError
 from shard_tools import schema
 
 
@@ -78,6 +82,114 @@ def test_pretrained_of_another_model_is_refused(tmp_path):
         load_pretrained(GZ2Model("convnext_atto"), path)
     with pytest.raises(FileNotFoundError):
         load_pretrained(GZ2Model("convnext_atto"), tmp_path / "missing.pth")
+
+
+def save_state(state: dict, path: Path) -> Path:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "resnet10t"])
+def test_a_headless_encoder_loads_every_backbone_tensor_and_the_classifier_starts_fresh(tmp_path, name):
+    torch.manual_seed(2)
+    encoder = timm.create_model(name, num_classes=0)  # the form zoobot publishes its encoders in
+    path = save_state(encoder.state_dict(), tmp_path / "encoder.safetensors")
+    model = GZ2Model(name)
+    fresh = {k: v.clone() for k, v in model.backbone.get_classifier().state_dict().items()}
+    info = load_pretrained(model, path)
+    assert info["loaded"] == len(encoder.state_dict()) and info["classifier"] == "new" and info["skipped"] == []
+    assert "headless encoder" in info["summary"] and f"loaded {info['loaded']} backbone tensors" in info["summary"]
+    own = model.backbone.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in encoder.state_dict().items())
+    assert all(torch.equal(model.backbone.get_classifier().state_dict()[k], v) for k, v in fresh.items())
+    x = torch.randn(2, 3, 32, 32)
+    backbone = model.backbone.eval()
+    with torch.no_grad():  # the features before the classifier are the encoder's own
+        assert torch.equal(backbone.forward_head(backbone.forward_features(x), pre_logits=True), encoder.eval()(x))
+
+
+def test_the_trainers_setup_says_what_pretrained_loaded(tmp_path):
+    from gzfast.build import build_training
+    from gzfast.config import TrainConfig
+    path = save_state(timm.create_model("convnext_atto", num_classes=0).state_dict(), tmp_path / "encoder.safetensors")
+    cfg = TrainConfig(model="convnext_atto", pretrained=str(path), batch_size=4, out=str(tmp_path / "run")).resolve(False)
+    notes = build_training(cfg).notes
+    assert f"--pretrained {path}: loaded 126 backbone tensors; a headless encoder: the classifier (37 outputs, one per " \
+           f"answer) starts fresh" in notes
+
+
+def test_a_full_classifier_loses_its_head_and_says_so(tmp_path):
+    source = timm.create_model("convnext_atto", num_classes=1000)
+    info = load_pretrained(GZ2Model("convnext_atto"), save_state(source.state_dict(), tmp_path / "in1k.pth"))
+    assert info["classifier"] == "replaced" and info["loaded"] == len(source.state_dict()) - 2
+    assert "dropped its classifier (head.fc.weight, head.fc.bias: 1000 outputs; ours has 37" in info["summary"]
+
+
+def test_a_wrappers_encoder_is_found_under_its_prefix(tmp_path):
+    """A zoobot Lightning checkpoint: the timm encoder under `encoder.`, the wrapper's own head beside it."""
+    encoder = timm.create_model("convnext_atto", num_classes=0)
+    state = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+             "head.0.weight": torch.zeros(37, 320), "head.0.bias": torch.zeros(37)}
+    path = tmp_path / "zoobot.ckpt"
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    model = GZ2Model("convnext_atto")
+    info = load_pretrained(model, path)
+    assert info["loaded"] == len(encoder.state_dict()) and set(info["skipped"]) == {"head.0.weight", "head.0.bias"}
+    assert "names under 'encoder.'" in info["summary"] and torch.equal(
+        model.backbone.state_dict()["stem.0.weight"], encoder.state_dict()["stem.0.weight"])
+
+
+def test_a_mismatched_file_names_its_first_misfits_and_the_model_it_fits(tmp_path):
+    path = save_state(timm.create_model("convnext_femto").state_dict(), tmp_path / "femto.pth")
+    model = GZ2Model("convnext_atto")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PretrainedError) as info:
+        load_pretrained(model, path)
+    message = str(info.value)
+    assert "stem.0.weight is [48, 3, 4, 4] in the file, [40, 3, 4, 4] in the model" in message
+    assert "timm's convnext_femto: train with --model convnext_femto" in message and "cannot use it" in message
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # nothing loaded
+    other = save_state(timm.create_model("resnet18").state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(PretrainedError, match="conv1.weight.*another kind of network"):
+        load_pretrained(model, other)
+    garbage = tmp_path / "x.safetensors"
+    garbage.write_text("no")
+    with pytest.raises(PretrainedError, match="not a readable state dict"):
+        load_pretrained(model, garbage)
+
+
+def exported_folder(folder: Path, head: str, columns) -> Path:
+    """What gzfast.export leaves for load_pretrained to read: the weights and the fields of config.json it uses."""
+    from gzfast.export_layout import FORMAT
+    folder.mkdir()
+    torch.manual_seed(4)
+    save_state(GZ2Model("convnext_atto", head).backbone.state_dict(), folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"architecture": "convnext_atto", "label_names": list(columns),
+                                                    "gzfast": {"format": FORMAT, "head": head, "complete": True}}))
+    return folder
+
+
+def test_an_exports_classifier_is_kept_only_for_the_same_answers_and_head(tmp_path):
+    folder = exported_folder(tmp_path / "export", "tree", schema.COLUMNS)
+    from safetensors.torch import load_file
+    weights = load_file(str(folder / "model.safetensors"))
+    same = GZ2Model("convnext_atto", "tree")
+    info = load_pretrained(same, folder)  # the folder stands for its model.safetensors
+    assert info["classifier"] == "kept" and info["loaded"] == len(weights)
+    assert torch.equal(same.backbone.state_dict()["head.fc.weight"], weights["head.fc.weight"])
+    other_head = GZ2Model("convnext_atto", "sigmoid")
+    info = load_pretrained(other_head, folder / "model.safetensors")
+    assert info["classifier"] == "replaced" and "not known to mean our 37 answers with a sigmoid head" in info["summary"]
+    assert not torch.equal(other_head.backbone.state_dict()["head.fc.weight"], weights["head.fc.weight"])
+    shuffled = exported_folder(tmp_path / "shuffled", "tree", schema.COLUMNS[::-1])
+    assert load_pretrained(GZ2Model("convnext_atto", "tree"), shuffled)["classifier"] == "replaced"
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(PretrainedError, match="a folder that gzfast.export did not write"):
+        load_pretrained(same, tmp_path / "plain")
 
 
 def test_tree_head_trains():
