@@ -425,8 +425,11 @@ def write_summary(run_dir: Path, epochs: list[dict], val_paths: list[str], train
         {"final_val_rmse": final, "best_val_rmse": best, "baseline_rmse": baseline, "ratio": final / baseline,
          "epochs": len(epochs), "train_seconds": total}, indent=1) + "\n")
     if plot:
-        from gzfast.plot import plot_runs
-        print(f"plot: {plot_runs([run_dir])}")
+        from gzfast.plot import PlotError, plot_runs
+        try:
+            print(f"plot: {plot_runs([run_dir])}")
+        except PlotError as exc:  # the run is trained and saved: a figure it cannot draw is a note, not a failure
+            print(f"plot: not drawn ({exc})", file=sys.stderr)
 
 
 def train(argv=None) -> int:
