@@ -184,6 +184,7 @@ def available_bytes(device: torch.device | str | None = None) -> tuple[int, str]
     there is one)."""
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
+        device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
         free, _total = torch.cuda.mem_get_info(device)
         return free, f"free on {torch.cuda.get_device_name(device)}"
     candidates = []
@@ -202,13 +203,14 @@ def available_bytes(device: torch.device | str | None = None) -> tuple[int, str]
 
 
 def check_fits(estimate: MemoryEstimate, device: torch.device | str | None = None, hint: str = TRAINING_HINT,
-               sharing: int = 1):
+               sharing: int = 1) -> str:
     """Raises MemoryLimitError (one line: the estimate, what is available, what to lower) when `estimate`
-    exceeds what `device` has free, divided among `sharing` processes of this machine."""
+    exceeds what `device` has free, divided among `sharing` processes of this machine; else returns a
+    note saying both."""
     free, source = available_bytes(device)
     free //= max(1, sharing)
     if estimate.total <= free:
-        return
+        return f"memory: about {estimate.describe()}; {gib(free)} {source}{' per process' if sharing > 1 else ''}"
     largest = estimate.largest_batch(free)
     fits = f" (a batch of {largest} would fit)" if largest else " (not even a batch of 1 fits)"
     raise MemoryLimitError(f"this configuration needs about {estimate.describe()}, more than the {gib(free)} "

@@ -22,7 +22,8 @@ def test_the_make_run_recipe_fits():
     recipe = config(**load_file(REPO / "gzfast" / "configs" / "cpu_small.yaml"))
     estimate = memory.estimate_training_bytes(recipe, cuda=False)
     assert estimate.total < GIB and estimate.batch_size == 32
-    memory.check_fits(estimate, "cpu")  # no error
+    note = memory.check_fits(estimate, "cpu")  # no error: a note for the trainer's start-up lines
+    assert note.startswith("memory: about ") and "resnet10t, batch 32 at 48 px" in note and "available" in note
 
 
 def test_a_huge_batch_or_image_is_refused_in_one_line_naming_the_estimate_and_what_to_lower():
