@@ -150,3 +150,27 @@ def test_a_carried_dali_bundle_is_unpacked_and_the_check_restarts_on_it(checkout
     assert (checkout / ".dali-bundle" / "site" / "nvidia" / "dali" / "__init__.py").is_file()
     environment = stage_results(out)["1-environment.json"]
     assert environment["details"]["found"]["nvidia.dali"] == "0.0-fake"
+
+
+def test_the_bundle_is_found_inside_the_checkout_first_and_pytest_is_never_shadowed(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO))
+    from benchmarks import gpu_env
+
+    inside, beside = tmp_path / "checkout" / ".dali-bundle", tmp_path / "dali-parts"
+    monkeypatch.setattr(gpu_env, "BUNDLE_FOLDERS", (inside, beside))
+    assert gpu_env.find_bundle() is None
+    fake_bundle(beside)
+    assert gpu_env.find_bundle() == beside
+    fake_bundle(inside)
+    assert gpu_env.find_bundle() == inside
+    site = gpu_env.unpack(inside)
+    env = gpu_env.bundle_env(site, {"PYTHONPATH": "/elsewhere", "LD_LIBRARY_PATH": "/usr/lib/x"})
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(site) and env["PYTHONPATH"].endswith("/elsewhere")
+    libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert libs[0] == str(site / "nvidia" / "cu13" / "lib") and libs[-1] == "/usr/lib/x" and len(libs) == 6
+
+    monkeypatch.setattr(gpu_env, "REPO", tmp_path / "checkout")
+    (tmp_path / "checkout" / ".gpu-site").mkdir()
+    assert gpu_env.pytest_path_env({"PYTHONPATH": "a"}) == {"PYTHONPATH": "a"}  # this machine has pytest
+    monkeypatch.setattr(gpu_env.importlib.util, "find_spec", lambda name: None)
+    assert gpu_env.pytest_path_env({"PYTHONPATH": "a"})["PYTHONPATH"] == f"a{os.pathsep}{tmp_path / 'checkout' / '.gpu-site'}"
