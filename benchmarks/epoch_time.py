@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from benchmarks.cli import OneLineParser, count  # noqa: E402
 from benchmarks.provenance import provenance  # noqa: E402
 from gzfast import ceiling  # noqa: E402
-from gzfast.build import budget_cores, build_training  # noqa: E402
+from gzfast.build import budget_cores, build_training, usable_cores  # noqa: E402
 from gzfast.config import ConfigError, TrainConfig, load_file  # noqa: E402
 from gzfast.curriculum import ScheduleError  # noqa: E402
 from gzfast.loaders import LOADERS, LoaderError, make_loader  # noqa: E402
@@ -150,8 +150,18 @@ def summarize(name: str, kind: str, windows: list[ceiling.Window], builds=None) 
             "first_batch_s": statistics.median(builds) if builds else None}
 
 
-def fed_row(name: str, kind: str, result: ceiling.Interleaved) -> dict:
-    return {**summarize(name, kind, result.fed), **result.record(), "images_per_s": result.fed_rate}
+def load_average() -> float | None:
+    """Runnable processes per core over the last minute: above 1, other jobs share the cores and every
+    rate here is a lower bound (torch's threads wait on each other when a core is taken)."""
+    try:
+        return os.getloadavg()[0] / usable_cores()
+    except OSError:
+        return None
+
+
+def fed_row(name: str, kind: str, result: ceiling.Interleaved, load: float | None) -> dict:
+    return {**summarize(name, kind, result.fed), **result.record(), "images_per_s": result.fed_rate,
+            "load_per_core": load}
 
 
 def trainer_epochs(config: Path, echo: bool) -> list[dict]:
@@ -206,6 +216,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         fb = f"{r['first_batch_s']:.2f} s" if r.get("first_batch_s") is not None else ""
         ceil = f"{100 * r['of_ceiling']:.0f} %" if r.get("of_ceiling") is not None else ""
+        if r.get("of_ceiling") and r["of_ceiling"] > 1:  # the two sides did not see the same machine
+            ceil += f" (above: noise; load {r.get('load_per_core') or 0:.1f}/core)"
         lines.append(f"| {r['what']} | {r['loader']} | {r['images_per_s']:,.0f} | {r['spread'][0]:,.0f}-{r['spread'][1]:,.0f} "
                      f"| {100 * r['data_wait_fraction']:.0f} % | {ceil} | {r['epoch_s_61578']:,.1f} s | "
                      f"{r['speedup_vs_study']:.1f}x | {fb} |")
@@ -357,7 +369,7 @@ def step_rows(args, cfg: TrainConfig, training, names: list[str], paths: list[st
             print(f"{name}: skipped ({exc})", flush=True)
             continue
         windows += result.synthetic
-        fed.append(fed_row(name, label, result))
+        fed.append(fed_row(name, label, result, load_average()))
     if not windows:  # no loader fed the step: the ceiling alone
         windows = [ceiling.run_window(step, itertools.repeat(synthetic), args.batches, training.device)
                    for _ in range(args.repeats)]
@@ -380,7 +392,8 @@ def write_results(args, cfg_dict: dict, rows: list[dict], prov: dict) -> Path:
           f"{', '.join(f'{k} {v}' for k, v in prov['versions'].items())}\n\nrecipe: {args.recipe}; batch {args.batch_size}, "
           f"{cfg_dict['image_size']} px from a {cfg_dict['crop_size']} px crop, model {cfg_dict['model']} (stem + "
           f"{cfg_dict['freeze_stages']} stages frozen), {cfg_dict['precision']}, shards {args.shards}, "
-          f"train-mode augmentation; of ceiling: interleaved windows, medians\n\n{table(rows)}\n")
+          f"train-mode augmentation; of ceiling: interleaved windows, medians; load at the end "
+          f"{load_average() or 0:.1f} runnable processes per core (above 1: other jobs shared the cores)\n\n{table(rows)}\n")
     write_atomic(stem.with_suffix(".json"), json.dumps({"provenance": prov, "results": rows}, indent=1) + "\n")
     write_atomic(stem.with_suffix(".md"), md)
     return stem
