@@ -307,9 +307,13 @@ def main(argv=None) -> int:
     started = float(os.environ.get(T0_ENV) or time.time())
     os.environ[T0_ENV] = str(started)  # the restart on the DALI bundle keeps the clock
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if argv is None:  # as a script: may restart itself on the unpacked DALI bundle
-        gpu_env.bring_dali([str(Path(__file__).resolve()), *sys.argv[1:]], say)
-    return run_command("gpu-check", lambda: check_here(args, started))
+
+    def command():
+        if argv is None:  # as a script: may restart itself on the unpacked DALI bundle
+            gpu_env.bring_dali([str(Path(__file__).resolve()), *sys.argv[1:]], say)
+        return check_here(args, started)
+
+    return run_command("gpu-check", command)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from shard_tools.errors import UserError
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_FOLDERS = (REPO / ".dali-bundle", REPO.parent / "dali-parts")
 PARTS = ("p0", "p1", "p2")
@@ -33,6 +35,10 @@ LOOKED_UP = {"timm": "timm", "accelerate": "accelerate", "pandas": "pandas", "PI
              "yaml": "pyyaml", "tqdm": "tqdm", "safetensors": "safetensors", "pytest": "pytest"}
 BUNDLE_HINT = ("bring them as the DALI bundle: where a package index is reachable, `bash ../shared/tools/dali-bundle.sh "
                ".dali-bundle` in the checkout, then carry .dali-bundle/p0, p1 and p2 with it (or put them in ../dali-parts)")
+
+
+class BundleError(UserError):
+    """A carried DALI bundle that cannot be unpacked."""
 
 
 def find_bundle() -> Path | None:
@@ -64,8 +70,16 @@ def unpack(parts_dir: Path) -> Path:
         return site
     tmp = parts_dir / f".site.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    with lzma.open(_Parts([parts_dir / p for p in PARTS])) as xz, tarfile.open(fileobj=xz, mode="r|") as tar:
-        tar.extractall(tmp, filter="data")
+    try:
+        with lzma.open(_Parts([parts_dir / p for p in PARTS])) as xz, tarfile.open(fileobj=xz, mode="r|") as tar:
+            tar.extractall(tmp, filter="data")
+            while xz.read(1 << 20):  # to the end of the stream: xz checks its footer and checksums there
+                pass
+    except (lzma.LZMAError, EOFError, tarfile.TarError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        sizes = ", ".join(f"{p} {(parts_dir / p).stat().st_size:,} bytes" for p in PARTS)
+        raise BundleError(f"the DALI bundle in {parts_dir} cannot be unpacked ({type(exc).__name__}: {exc}; {sizes}); "
+                          f"carry the three parts again as dali-bundle.sh made them") from None
     shutil.rmtree(site, ignore_errors=True)  # an older, incomplete one: ours, under our name
     tmp.rename(site)
     return site

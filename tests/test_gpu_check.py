@@ -163,6 +163,11 @@ def test_the_bundle_is_found_inside_the_checkout_first_and_pytest_is_never_shado
     assert gpu_env.find_bundle() == beside
     fake_bundle(inside)
     assert gpu_env.find_bundle() == inside
+    whole = (beside / "p2").read_bytes()
+    (beside / "p2").write_bytes(whole[:-5])  # a part cut short on its way
+    with pytest.raises(gpu_env.BundleError, match="cannot be unpacked"):
+        gpu_env.unpack(beside)
+    assert not (beside / "site").exists() and not list(beside.glob(".site.tmp-*"))
     site = gpu_env.unpack(inside)
     env = gpu_env.bundle_env(site, {"PYTHONPATH": "/elsewhere", "LD_LIBRARY_PATH": "/usr/lib/x"})
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(site) and env["PYTHONPATH"].endswith("/elsewhere")
