@@ -81,11 +81,15 @@ def round_up(n: int, multiple: int) -> int:
     return max(multiple, math.ceil(n / multiple) * multiple)
 
 
-def warm_up(step, batch: Batch, device, min_steps: int = 1, min_s: float = WARMUP_S, multiple: int = 1) -> float:
+def warm_up(step, batch: Batch, device, min_steps: int = 1, min_s: float = WARMUP_S, multiple: int = 1,
+            agree: Callable[[float], float] | None = None) -> float:
     """Steps until `min_steps` steps and `min_s` seconds after the first step (which pays for compilation)
     have passed and the step has stopped getting faster (allocator growth, kernel selection and caches
     settle over the first steps), or 4 x `min_s` at most; returns the last chunk's seconds per step, to
-    size the windows that follow. A chunk is `multiple` steps (a whole accumulation cycle)."""
+    size the windows that follow. A chunk is `multiple` steps (a whole accumulation cycle). `agree(x)`
+    is the largest x over all processes: with several, each step's gradient all-reduce pairs them up,
+    so they stop together (when the last is ready) and size their windows by the slowest."""
+    agree = agree or (lambda x: x)
     time_steps(step, batch, multiple, device)
     done, start, previous = 0, clock(), math.inf
     while True:
@@ -93,8 +97,9 @@ def warm_up(step, batch: Batch, device, min_steps: int = 1, min_s: float = WARMU
         done += multiple
         elapsed = clock() - start
         settled, previous = per_step > 0.9 * previous, per_step
-        if done >= min_steps and elapsed >= min_s and (settled or elapsed >= 4 * min_s):
-            return per_step
+        ready = done >= min_steps and elapsed >= min_s and (settled or elapsed >= 4 * min_s)
+        if agree(0.0 if ready else 1.0) == 0.0:
+            return agree(per_step)
 
 
 def steps_for(seconds: float, per_step: float, minimum: int = 1, multiple: int = 1) -> int:
@@ -178,11 +183,13 @@ def interleave(step, synthetic: Batch, open_epoch: Callable[[int], Iterable[Batc
 
 
 def probe_steps_per_s(step, batch: Batch, device, steps: int, warmup: int, *, warmup_s: float = WARMUP_S,
-                      window_s: float = WINDOW_S, windows: int = PROBE_WINDOWS, multiple: int = 1) -> float:
+                      window_s: float = WINDOW_S, windows: int = PROBE_WINDOWS, multiple: int = 1,
+                      agree: Callable[[float], float] | None = None) -> float:
     """Steps/s of `step(batch)`: a warm-up of at least `warmup` steps and `warmup_s` seconds, then
     `windows` windows of at least `steps` steps and `window_s` seconds each, of which the fastest counts
-    (noise on a shared machine only ever slows a window down)."""
-    per_step = warm_up(step, batch, device, warmup, warmup_s, multiple)
+    (noise on a shared machine only ever slows a window down). With several processes, `agree` (see
+    warm_up) makes every one take the same steps."""
+    per_step = warm_up(step, batch, device, warmup, warmup_s, multiple, agree)
     n = steps_for(window_s, per_step, steps, multiple)
     return max(n / time_steps(step, batch, n, device) for _ in range(max(1, windows)))
 
@@ -200,8 +207,13 @@ def measure_ceiling(training, step, image_size: int, label_count: int, steps: in
     saved_optimizer, saved_step = copy.deepcopy(t.optimizer.state_dict()), acc.step
     batch = synthetic_batch(t.micro_batch, image_size, label_count, t.device, t.image_dtype)
     t.train_model.train()
+
+    def agree(x: float) -> float:  # the largest over the processes (they must step in lockstep)
+        return float(acc.reduce(torch.tensor([x], device=t.device, dtype=torch.float64), "max").item())
+
     rate = probe_steps_per_s(step, batch, t.device, steps, warmup, warmup_s=warmup_s, window_s=window_s,
-                             windows=windows, multiple=max(1, getattr(acc, "gradient_accumulation_steps", 1)))
+                             windows=windows, multiple=max(1, getattr(acc, "gradient_accumulation_steps", 1)),
+                             agree=agree if acc.num_processes > 1 else None)
     t.optimizer.zero_grad(set_to_none=True)
     t.model.load_state_dict(saved_model)
     t.optimizer.load_state_dict(saved_optimizer)

@@ -48,6 +48,25 @@ def test_the_probe_warms_up_until_the_step_settles_and_measures_the_steady_state
     assert 5 / ceiling.time_steps(step, a_batch(), 5, "cpu") < 0.15 * rate
 
 
+def test_with_several_processes_every_one_takes_the_same_steps(clock):
+    """Each step's gradient all-reduce pairs the processes up, so the probe's stopping and its window size
+    are agreed (the largest over the processes): another rank, not ready before its 450th chunk and with
+    steps of 20 ms, sets both for this one."""
+    step, calls = slow_start_step(clock)
+    readiness = []
+
+    def agree(x):  # the max over this rank and the other one
+        if x in (0.0, 1.0):  # a readiness vote: 1 while a rank still warms up
+            readiness.append(x)
+            return 1.0 if len(readiness) < 450 else x
+        return max(x, 0.02)  # the seconds per step the windows are sized by
+
+    rate = ceiling.probe_steps_per_s(step, a_batch(), "cpu", steps=5, warmup=2, agree=agree)
+    assert len(readiness) == 450 and readiness.index(0.0) < 200  # alone, this rank was ready much sooner
+    assert len(calls) == 1 + 450 + 3 * 25  # the compiling step, a chunk per vote, windows of 0.5 s at 20 ms
+    assert rate == pytest.approx(100.0, rel=0.01)
+
+
 def test_the_probe_keeps_its_fastest_window(clock):
     """Noise on a shared machine only slows a window down: one disturbed window does not lower it."""
     calls = []
