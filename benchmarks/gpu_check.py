@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -290,7 +291,7 @@ def check_here(args, started: float) -> int:
            "real_jpegs": real_jpegs(), "preflight": {k: pre[k] for k in ("found", "missing")}}
     ctx["env"] = check_env(ctx)
     if args.pytest is not None:
-        code, _ = run_pytest(ctx, args.pytest.split())
+        code, _ = run_pytest(ctx, shlex.split(args.pytest))
         return code
     out = prepare_out(Path(args.out or REPO / "benchmarks" / "results" / f"gpu_check-{time.strftime('%Y%m%d-%H%M%S')}"))
     head = (f"# gpu-check {time.strftime('%Y-%m-%d %H:%M:%S')} ({'dry form, CPU' if args.quick else 'GPU'}; budget "
