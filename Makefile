@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 RUN_CONFIG ?= gzfast/configs/cpu_small.yaml
 RUN_ARGS ?=
 
-.PHONY: venv shards verify lint test test-fast run compare gpu-check gpu-data clean
+.PHONY: venv shards verify lint test test-fast run compare gpu-check gpu-test gpu-data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,12 +76,21 @@ compare: shards
 		--schedules "$(COMPARE_SCHEDULES)" --out $(COMPARE_OUT) --launch "$(LAUNCH)" $(COMPARE_ARGS)
 
 # The GPU machine has torch but no package index and no venv: the check runs on its python3, and DALI
-# comes as the bundle in ../dali-parts (see benchmarks/gpu_check.py). `make gpu-data` first copies the real
-# JPEGs the GPU tests read into the git-ignored .gz2/ (../shared does not travel to that machine) and pytest
-# (pure Python) into .gpu-site/: carry both with the DALI bundle's parts.
+# comes as the bundle of ../shared/tools/dali-bundle.sh, carried as .dali-bundle/p0..p2 (or in
+# ../dali-parts; see benchmarks/gpu_check.py). The check runs in stages within GPU_BUDGET seconds, each
+# written to GPU_CHECK_OUT when it ends. `make gpu-data` first copies the real JPEGs the GPU tests read
+# into the git-ignored .gz2/ (../shared does not travel to that machine), and pytest (pure Python) into
+# .gpu-site/ for a machine that has none (the check uses it only there). `make gpu-test` runs every GPU
+# test, the long compiled resume runs included, on the same set-up.
 GPU_PY ?= python3
+GPU_BUDGET ?= 360
+GPU_CHECK_OUT ?=
 gpu-check:
-	$(GPU_PY) benchmarks/gpu_check.py $(if $(SHARDS),--shards $(SHARDS)) $(GPU_CHECK_ARGS)
+	PYTHONUNBUFFERED=1 $(GPU_PY) benchmarks/gpu_check.py --budget-s $(GPU_BUDGET) $(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT)) \
+		$(if $(SHARDS),--shards $(SHARDS)) $(GPU_CHECK_ARGS)
+
+gpu-test:
+	PYTHONUNBUFFERED=1 $(GPU_PY) benchmarks/gpu_check.py --pytest "-m gpu tests $(PYTEST_ARGS)"
 
 gpu-data: $(INSTALL)
 	rm -rf .gz2 .gpu-site && mkdir -p .gz2

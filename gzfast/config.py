@@ -28,7 +28,7 @@ from .losses import LOSSES
 RUN_CONTROL = {"resume", "force", "plot", "ceiling_probe", "verify_shards", "log_with"}
 # Keys that may differ between a run and its resumption without changing what it computes (streaming from
 # object storage, the pil loader's order depends on its worker count: the trainer checks that one itself).
-RESUME_FREE = RUN_CONTROL | {"out", "log_every", "workers"}
+RESUME_FREE = RUN_CONTROL | {"out", "log_every", "workers", "hw_decoder_load"}  # which decoder engine, not what
 
 
 # What config.json records about the launch and the data (the trainer adds them: the process count, the
@@ -66,6 +66,8 @@ class TrainConfig:
     loader: str = field(default="auto", metadata={"help": "dali-gpu, dali-cpu or pil (auto: dali-gpu with CUDA, pil without)"})
     workers: int | None = field(default=None, metadata={
         "help": "loader threads/processes (default: the trainer's core budget, printed at start)"})
+    hw_decoder_load: float = field(default=0.65, metadata={
+        "help": "dali-gpu: share of the JPEGs given to the GPU's hardware JPEG decoder (DALI's default)"})
     precision: str = field(default="auto", metadata={"help": "bf16 or fp32 (auto: bf16 on GPU, fp32 on CPU)"})
     compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on with CUDA), on, off"})
     freeze_stages: int | None = field(default=None, metadata={
@@ -164,6 +166,7 @@ class TrainConfig:
         need(0 <= self.zoom < 0.5 and 0 <= self.shift < 0.25, "zoom must be in [0, 0.5), shift in [0, 0.25)")
         need(self.log_every >= 1, "log_every must be >= 1")
         need(self.workers is None or self.workers >= 0, f"workers {self.workers} must be >= 0")
+        need(0 <= self.hw_decoder_load <= 1, f"hw_decoder_load {self.hw_decoder_load} must be in [0, 1]")
         need(self.ceiling_probe >= 0, "ceiling_probe must be >= 0")
         need(not self.force or self.resume, "--force only makes sense with --resume")
         need(self.freeze_stages is None or self.freeze_stages >= 0, "freeze_stages must be >= 0")

@@ -1,5 +1,8 @@
-"""The GPU path (`pytest -m gpu`; skipped without CUDA): dali-gpu's batch contract per precision, its
-agreement with dali-cpu on real JPEGs, exactly-once eval, and short compiled runs that resume exactly."""
+"""The GPU path (`pytest -m gpu`; skipped without CUDA). Fast (the `tests` stage of `make gpu-check`):
+dali-gpu's batch contract per precision, its agreement with dali-cpu on real JPEGs, exactly-once eval, a
+resumed optimizer step without host syncs. Marked `gpu_slow` (`make gpu-test`): short compiled runs that
+resume exactly."""
+import io
 import json
 import os
 import signal
@@ -77,6 +80,45 @@ def test_dali_gpu_eval_is_exactly_once_and_pads_to_one_shape(synth_shards):
         assert len(ids) == len(set(ids)) == expected and shapes == {(16, 3, 32, 32)}
 
 
+def test_a_resumed_optimizer_step_does_not_sync_with_the_host(tmp_path):
+    """The optimizer state of a checkpoint (loaded on the CPU) is restored after Accelerate prepared the
+    optimizer, so AdamW's step counters stay where its kernel reads them and a step never waits for the
+    host (pytorch/pytorch#128208: one .item() per parameter when they sit on the GPU unfused)."""
+    from gzfast.build import build_training
+    from gzfast.config import TrainConfig
+    from gzfast.train import mse
+
+    cfg = TrainConfig(model="resnet10t", image_size=32, batch_size=8, compile="off", out=str(tmp_path)).resolve(True)
+    images = torch.randn(8, 3, 32, 32, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    labels = torch.rand(8, 37, device="cuda")
+
+    def backward(t):
+        with t.accelerator.autocast():
+            loss = mse(t.train_model(images), labels)
+        t.accelerator.backward(loss)
+
+    first = build_training(cfg)
+    for _ in range(2):
+        backward(first)
+        first.optimizer.step()
+        first.optimizer.zero_grad()
+    buffer = io.BytesIO()
+    torch.save({"model": first.model.state_dict(), "optimizer": first.optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, map_location="cpu", weights_only=False)  # as the trainer loads a checkpoint
+    resumed = build_training(cfg, model_state=saved["model"], optimizer_state=saved["optimizer"])
+    steps = [s["step"] for s in resumed.optimizer.state.values()]
+    assert steps and all(float(s) == 2.0 for s in steps)
+    backward(resumed)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside the step raises
+    try:
+        resumed.optimizer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(float(s["step"]) == 3.0 for s in resumed.optimizer.state.values())
+
+
 TINY = ["--model", "convnext_atto", "--image-size", "32", "--crop-size", "128", "--batch-size", "16",
         "--loader", "dali-gpu", "--log-every", "2", "--lr-backbone", "1e-3", "--lr-head", "1e-3", "--no-plot",
         "--compile", "on", "--curriculum", "high:1,all:1", "--deterministic"]
@@ -94,6 +136,7 @@ def untimed_epochs(run):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows if r["kind"] == "epoch"]
 
 
+@pytest.mark.gpu_slow
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_compiled_curriculum_run_on_dali_gpu_writes_metrics_and_resumes_exactly(precision, synth_shards, tmp_path):
     args = ["--shards", str(synth_shards), *TINY, "--precision", precision]

@@ -40,7 +40,8 @@ def make_loader(name: str, shard_paths, *, train: bool, batch_size: int, image_s
                 crop_size: int = 212, rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0,
                 workers: int | None = None, device=None, dtype: torch.dtype | None = None, zoom: float = 0.0,
                 shift: float = 0.0, shuffle_buffer: int = SHUFFLE_BUFFER, pad_last_batch: bool = False,
-                source_side: int = IMAGE_SIDE, label_count: int = 37, has_counts: bool = False):
+                source_side: int = IMAGE_SIDE, label_count: int = 37, has_counts: bool = False,
+                hw_decoder_load: float | None = None):
     """An iterable of `Batch` over `shard_paths` for one epoch; `len()` is the number of batches.
 
     `batch_size` is per process; `rank`/`world_size` give this process a disjoint slice of the samples
@@ -49,7 +50,9 @@ def make_loader(name: str, shard_paths, *, train: bool, batch_size: int, image_s
     fp32 runs on a GPU ask for float32). `zoom` (relative crop-size jitter) and `shift` (relative center
     jitter) are optional train-time augmentations, off by default. `shuffle_buffer` is the train-mode
     shuffle window in samples. `pad_last_batch` (eval) pads the last batch to `batch_size` rows.
-    `source_side`, `label_count` and `has_counts` describe the packed set (its manifest says them)."""
+    `source_side`, `label_count` and `has_counts` describe the packed set (its manifest says them).
+    `hw_decoder_load` (dali-gpu) is the share of the JPEGs given to the GPU's hardware decoder (None:
+    DALI's default, 0.65)."""
     if name not in LOADERS:
         raise LoaderError(f"unknown loader {name!r}; choose one of {', '.join(LOADERS)}")
     paths = [str(p) for p in shard_paths]
@@ -72,4 +75,4 @@ def make_loader(name: str, shard_paths, *, train: bool, batch_size: int, image_s
         from .pil import PILLoader
         return PILLoader(spec)
     from .dali import DALILoader
-    return DALILoader(spec, decode_on_gpu=name == "dali-gpu")
+    return DALILoader(spec, decode_on_gpu=name == "dali-gpu", hw_decoder_load=hw_decoder_load)

@@ -17,6 +17,7 @@ import re
 
 import torch
 
+from ..cores import usable_cores
 from .spec import IMAGENET_MEAN, IMAGENET_STD, Batch, LoaderError, LoaderSpec, batch_count, normalize_on_device
 
 try:  # the one guarded import of DALI: no wheel for this platform, or libraries that fail to load
@@ -34,8 +35,11 @@ def _slice_size(total: int, rank: int, world: int) -> int:
     return total * (rank + 1) // world - total * rank // world
 
 
+HW_DECODER_LOAD = 0.65  # DALI's own default: the share of each batch given to the GPU's hardware JPEG decoder
+
+
 class DALILoader:
-    def __init__(self, spec: LoaderSpec, decode_on_gpu: bool):
+    def __init__(self, spec: LoaderSpec, decode_on_gpu: bool, hw_decoder_load: float | None = None):
         if DALI_IMPORT_ERROR is not None:
             raise LoaderError(f"NVIDIA DALI cannot be loaded here ({DALI_IMPORT_ERROR}). Install nvidia-dali-cuda130 "
                               f"on Linux, or {PIL_HINT}")
@@ -57,8 +61,13 @@ class DALILoader:
         if spec.train and self.n_batches == 0:
             raise LoaderError(f"{total} training samples on {spec.world_size} process(es) make no full batch of "
                               f"{spec.batch_size}")
-        default = min(8, os.cpu_count() or 1) if not decode_on_gpu else 4
+        # on a GPU the host threads only feed it: every core this process may use but the training loop's
+        default = min(8, os.cpu_count() or 1) if not decode_on_gpu else max(1, usable_cores() - 1)
         self.threads = max(1, spec.workers) if spec.workers is not None else default  # DALI needs one thread
+        self.hw_decoder_load = HW_DECODER_LOAD if hw_decoder_load is None else hw_decoder_load
+        if not 0 <= self.hw_decoder_load <= 1:
+            raise LoaderError(f"hw_decoder_load {self.hw_decoder_load} must be in [0, 1] (the share of the JPEGs given "
+                              f"to the hardware decoder)")
         self._iterator = None
 
     def __len__(self):
@@ -98,8 +107,9 @@ class DALILoader:
         s = self.spec
         side = s.rotation_crop_side() if s.train else s.crop_size
         # fancy upsampling: the GPU decoder then upsamples 4:2:0 chroma as libjpeg-turbo (cpu, PIL) does
+        gpu_only = {"hw_decoder_load": self.hw_decoder_load} if self.gpu else {}
         images = fn.decoders.image_crop(jpg, device="mixed" if self.gpu else "cpu", output_type=types.RGB,
-                                        crop=(side, side), jpeg_fancy_upsampling=True)
+                                        crop=(side, side), jpeg_fancy_upsampling=True, **gpu_only)
         if not s.train:
             return images, (0.0, 0.0), (float(side),) * 2, 0
         unit = s.crop_size / s.image_size  # region pixels per output pixel

@@ -184,17 +184,25 @@ class PILLoader:
         """Nothing to build ahead: the workers start when iteration does (fork is cheap)."""
         return self
 
+    def dataloader_options(self) -> dict:
+        """How the DataLoader runs: feeding a GPU, its batches are pinned, so the copies to the device
+        (`non_blocking`) overlap the step instead of waiting for it."""
+        return {"num_workers": self.workers, "multiprocessing_context": "fork" if self.workers else None,
+                "pin_memory": self.spec.device.type == "cuda"}
+
     def __iter__(self):
         if not self.batches:
             return
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batches, num_workers=self.workers,
-                                             multiprocessing_context="fork" if self.workers else None)
+        options = self.dataloader_options()
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batches, **options)
         s = self.spec
         for b in _reraise_as_loader_error(loader):
             valid = None
             if s.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
                 valid, short = len(b["ids"]), s.batch_size - len(b["ids"])
                 b = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in b.items()}
+                if options["pin_memory"] and short:
+                    b = {k: v.pin_memory() for k, v in b.items()}
             # uint8 crosses the worker boundary and onto the device (4x less than float): normalized there
             labels = b["labels"].to(s.device, non_blocking=True) if "labels" in b else None
             counts = b["counts"].to(s.device, non_blocking=True) if "counts" in b else None
