@@ -230,6 +230,9 @@ class Predictor:
 def speed_line(n: int, seconds: float, views: int, steady_per_s: float | None = None) -> str:
     """`N galaxies x K views in T s: R galaxies/s (S after the first batch)`: what a person wants to read."""
     rate = n / max(seconds, 1e-9)
-    steady = f"; {steady_per_s:,.0f}/s after the first batch" if steady_per_s else ""
-    return (f"{n:,} galaxies x {views} view(s) in {seconds:.1f} s: {rate:,.0f} galaxies/s "
-            f"({rate * views:,.0f} model images/s{steady})")
+
+    def per_s(r: float) -> str:
+        return f"{r:,.0f}" if r >= 10 else f"{r:.2g}"
+    steady = f"; {per_s(steady_per_s)}/s after the first batch" if steady_per_s else ""
+    return (f"{n:,} galaxies x {views} view(s) in {seconds:.1f} s: {per_s(rate)} galaxies/s "
+            f"({per_s(rate * views)} model images/s{steady})")

@@ -63,16 +63,6 @@ class Setup:
     workers: int | None     # decoding threads (folder, catalogue) or loader workers (shards)
 
 
-def cpu_budget(workers: int | None, processes: int = 1) -> tuple[int, int]:
-    """(torch threads, decode workers) for one process on a CPU: together no more than the cores it may use.
-    Decoding runs beside the model (a thread pool, or the loader's workers), so the model does not get every
-    core: torch's threads, oversubscribed, wait on each other (measured on 2 shared cores: 4x slower)."""
-    from .build import usable_cores
-    cores = max(1, usable_cores() // max(1, processes))
-    decode = workers if workers is not None else max(1, cores // 2)
-    return max(1, cores - decode), decode
-
-
 def memory_available(device: torch.device) -> int | None:
     """Bytes free for a batch on `device` (None: unknown)."""
     if device.type == "cuda":
@@ -122,10 +112,11 @@ def common_setup(args, device: torch.device | None = None, what: str = "outputs"
     batch_size = args.batch_size or loaded.cfg.batch_size
     check_batch_fits(batch_size, loaded.cfg.image_size, predictor.device)
     workers, cores = args.workers, ""
-    if predictor.device.type == "cpu":
-        threads, workers = cpu_budget(args.workers, int(os.environ.get("WORLD_SIZE", "1")))
+    if predictor.device.type == "cpu":  # the trainer's budget: decoding beside torch's threads starves them
+        from .build import budget_cores
+        threads, workers, _ = budget_cores(loader, args.workers, False, int(os.environ.get("WORLD_SIZE", "1")))
         torch.set_num_threads(threads)
-        cores = f", torch {threads} thread(s) + {workers} decoding"
+        cores = f", torch {threads} thread(s) + {workers or 'no'} decoding worker(s)"
     cfg, data = loaded.cfg, loaded.data
     if announce:
         print(f"run {loaded.run}: {cfg.model} ({cfg.head} head, {data.tree.name} tree of {data.tree.n} answers), "

@@ -13,6 +13,7 @@ import torch
 from fake_runs import fake_run
 from PIL import Image
 
+from gzfast import embed as embed_mod
 from gzfast import evaluate as evaluate_mod
 from gzfast import predict as predict_mod
 from gzfast.loaders.labels import read_labels
@@ -243,9 +244,9 @@ def test_readme_commands_parse():
     """The README's prediction commands are the ones the parsers accept (the bracketed options dropped)."""
     text = (REPO / "README.md").read_text().split("## Prediction and evaluation", 1)[1].split("\n## ", 1)[0]
     commands = [line.split("#")[0].strip() for line in text.splitlines() if line.startswith("    python -m gzfast.")]
-    assert len(commands) == 3
+    assert len(commands) >= 3
     for command in commands:
         words = re.sub(r"\[[^\]]*\]", "", command).split()
-        module = {"gzfast.predict": predict_mod, "gzfast.evaluate": evaluate_mod}[words[2]]
+        module = {"gzfast.predict": predict_mod, "gzfast.evaluate": evaluate_mod, "gzfast.embed": embed_mod}[words[2]]
         args = module.build_parser().parse_args(words[3:])
         assert args.run == "RUN" and args.tta == 8 and args.checkpoint == "best"

@@ -11,7 +11,9 @@ whose `ids` are the items' positions in the list (the caller maps them to galaxy
 be used (not a regular file, unreadable, undecodable, the wrong geometry) becomes a `Rejected` with its
 reason: never silently dropped. Files are opened without blocking and told apart by type first
 (`shard_tools.inputs.read_regular`), so a FIFO named like an image is rejected, never read. Decoding runs
-in a thread pool (PIL releases the GIL while it decodes and resizes), one batch ahead of the model.
+in a thread pool (PIL releases the GIL while it decodes and resizes), one batch ahead of the model, or, with
+0 workers (the CPU default, as the trainer's budget gives), in the calling thread between the model's
+batches: decoding beside torch's threads on a CPU starves them (measured on 2 cores: 6x slower).
 
 `list_folder` lists a folder's files as `Item`s with their ids: integers by the packer's rule
 (`shard_tools.ids.parse_int_id`: `-5.jpg`, `+77.jpg`, `1_000.jpg`, `٣.jpg` and ids beyond int64 are
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,14 +104,34 @@ def read_image(item: Item, spec: LoaderSpec, geometry: Geometry) -> np.ndarray |
         return Rejected(item.shown, f"cannot decode: {exc}", str(item.id))
 
 
+class _InThread:
+    """What a thread pool gives, computed at once in the calling thread (`workers` 0: decoding between the
+    model's batches, so that on a CPU the model keeps every core)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        done = Future()
+        done.set_result(fn(*args))
+        return done
+
+
 class ImageFiles:
     """Iterable of padded eval `Batch`es over `items`; `Batch.ids` are positions in `items`. `rejected`
-    fills as it goes; `len()` is an upper bound until the pass ends (rejects shorten it)."""
+    fills as it goes; `len()` is an upper bound until the pass ends (rejects shorten it). `spec.workers`
+    decoding threads (0: in the calling thread; None: up to 8)."""
 
     def __init__(self, items: list[Item], spec: LoaderSpec, geometry: Geometry):
         self.items, self.spec, self.geometry = items, spec, geometry
         self.rejected: list[Rejected] = []
-        self.workers = max(1, spec.workers if spec.workers is not None else min(os.cpu_count() or 1, 8))
+        self.workers = spec.workers if spec.workers is not None else min(os.cpu_count() or 1, 8)
+
+    def _pool(self):
+        return ThreadPoolExecutor(self.workers, thread_name_prefix="decode") if self.workers else _InThread()
 
     def __len__(self):
         return -(-len(self.items) // self.spec.batch_size)
@@ -127,7 +149,7 @@ class ImageFiles:
         self.rejected = []
         starts = range(0, len(self.items), s.batch_size)
         pending: list[tuple[int, np.ndarray]] = []
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
+        with self._pool() as pool:
             def submit(start):
                 return [pool.submit(read_image, it, s, self.geometry) for it in self.items[start:start + s.batch_size]]
 
