@@ -28,7 +28,9 @@ def add_inference_args(ap: argparse.ArgumentParser, what: str = "predictions"):
                          f"(default 8: four rotations x flip; 1 = centre crop only)")
     ap.add_argument("--loader", default="auto", help=f"auto (dali-gpu with CUDA, else pil), {', '.join(LOADERS)}")
     ap.add_argument("--batch-size", type=int, default=None, help="batch size (default: the run's)")
-    ap.add_argument("--workers", type=int, default=None, help="loader threads")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="decoding workers (the loader's; threads for --images/--catalog). Default on a CPU: the "
+                         "trainer's budget (pil: 0, decoding between batches so torch keeps every core)")
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on a GPU")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="auto: on with a GPU")
     ap.add_argument("--force", action="store_true",
