@@ -29,10 +29,11 @@ def _sync(device: torch.device):
 
 @torch.no_grad()
 def predict_batches(forward: Callable[[torch.Tensor], torch.Tensor], batches, autocast: Callable, device: torch.device,
-                    outputs: int, desc: str | None = None) -> Prediction:
+                    outputs: int, desc: str | None = None, progress: Callable[[int], None] | None = None) -> Prediction:
     """`forward(images)` over every real row of `batches` (iterable of loaders.Batch). `autocast()` gives
     the context each forward runs in; `outputs` is the number of predicted values per galaxy (for an empty
-    input); `desc` shows a progress bar."""
+    input); `desc` shows a progress bar of batches, or `progress(n)` is told the real rows of each batch
+    (a caller's own bar of galaxies)."""
     preds, labels, counts, ids = [], [], [], []
     total = len(batches) if hasattr(batches, "__len__") else None
     t0 = time.perf_counter()
@@ -52,6 +53,8 @@ def predict_batches(forward: Callable[[torch.Tensor], torch.Tensor], batches, au
             _sync(device)
             t_first, n_first = time.perf_counter(), n
         bar.update(1)
+        if progress is not None:
+            progress(n)
     bar.close()
     _sync(device)
     seconds = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""Test-time augmentation: the model's mean prediction over K exact symmetries of the centred crop.
+"""Test-time augmentation: the model's mean output over K exact symmetries of the centred crop.
 
 Galaxies have no up and no handedness that the labels care about, so the four right-angle rotations and
 their mirror images are all valid views of the same galaxy. Rotating a square N×3×H×W batch by 90° or
@@ -43,8 +43,9 @@ def view(images: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
 
 
 def predict_views(model, images: torch.Tensor, k: int) -> torch.Tensor:
-    """The model's predictions (float32, N×37) averaged over K views of `images`. Call it under
-    no_grad/autocast as needed; the result stays on the device."""
+    """`model(images)` (float32, N×outputs: the head's outputs, or features) averaged over K views of
+    `images`; what follows from the outputs (fractions from concentrations) is computed from this mean.
+    Call it under no_grad/autocast as needed; the result stays on the device."""
     if k >= 4 and images.shape[2] != images.shape[3]:
         raise ValueError(f"rotating views need square images, got {images.shape[2]}x{images.shape[3]}")
     total = None

@@ -7,9 +7,10 @@ from pathlib import Path
 from helpers import REPO
 
 PACKAGES = ("shard_tools", "gzfast", "benchmarks")
-# What gzfast may import of shard_tools: the reading side of a packed set, and the shared errors.
+# What gzfast may import of shard_tools: the reading side of a packed set, the shared errors, and the reading
+# of input files by type (prediction reads unpacked images as pack does).
 GZFAST_MAY_IMPORT = {"shard_tools.schema", "shard_tools.trees", "shard_tools.layout", "shard_tools.errors",
-                     "shard_tools.ids", "shard_tools.images", "shard_tools.objstore"}
+                     "shard_tools.ids", "shard_tools.images", "shard_tools.objstore", "shard_tools.inputs"}
 
 
 def module_name(path: Path) -> str:

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fake_runs import fake_run
 from PIL import Image
 
+from gzfast import embed as embed_mod
 from gzfast import evaluate as evaluate_mod
 from gzfast import predict as predict_mod
-from gzfast.config import TrainConfig
 from gzfast.loaders.labels import read_labels
 from gzfast.metrics import pooled_rmse, rmse
 from gzfast.model import GZ2Model
@@ -35,19 +36,6 @@ def trained_run(synth_shards, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "tiny"
     assert train_main(["--shards", str(synth_shards), "--out", str(run), *TINY, "--epochs", "1", "--no-plot"]) == 0
     return run
-
-
-def fake_run(folder: Path, head: str = "sigmoid", model: str = "convnext_atto", shards: str = "data/shards",
-             **settings) -> Path:
-    """A run folder as the trainer leaves it, with untrained weights: enough where the weights don't matter."""
-    settings = {"image_size": 32, "crop_size": 128, "batch_size": 16, **settings}
-    cfg = TrainConfig(model=model, head=head, epochs=1, shards=shards, out=str(folder), **settings).resolve(cuda=False)
-    (folder / "checkpoints").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
-    torch.manual_seed(0)
-    torch.save({"config": cfg.to_dict(), "model": GZ2Model(model, head).state_dict(), "epoch": 1},
-               folder / "checkpoints" / "best.pt")
-    return folder
 
 
 def read_submission(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -256,9 +244,9 @@ def test_readme_commands_parse():
     """The README's prediction commands are the ones the parsers accept (the bracketed options dropped)."""
     text = (REPO / "README.md").read_text().split("## Prediction and evaluation", 1)[1].split("\n## ", 1)[0]
     commands = [line.split("#")[0].strip() for line in text.splitlines() if line.startswith("    python -m gzfast.")]
-    assert len(commands) == 3
+    assert len(commands) >= 3
     for command in commands:
         words = re.sub(r"\[[^\]]*\]", "", command).split()
-        module = {"gzfast.predict": predict_mod, "gzfast.evaluate": evaluate_mod}[words[2]]
+        module = {"gzfast.predict": predict_mod, "gzfast.evaluate": evaluate_mod, "gzfast.embed": embed_mod}[words[2]]
         args = module.build_parser().parse_args(words[3:])
         assert args.run == "RUN" and args.tta == 8 and args.checkpoint == "best"
