@@ -23,7 +23,8 @@ from shard_tools.layout import LayoutError, PackedSet, is_remote, write_atomic
 
 from . import checkpoint as ckpt
 from . import onnx_export
-from .export_layout import CARD, CONFIG, FORMAT, ONNX, OWN_FILES, WEIGHTS, DataFacts, export_config, read_json
+from .data_facts import DataFacts
+from .export_layout import CARD, CONFIG, FORMAT, ONNX, OWN_FILES, WEIGHTS, export_config, read_json
 from .inference import LoadedRun, load_run
 from .loaders import IMAGENET_MEAN, IMAGENET_STD
 from .model_card import CardFacts, model_card
@@ -125,12 +126,8 @@ def write_weights(backbone: torch.nn.Module, path: Path) -> str:
 def read_run(run: Path, which: str) -> tuple[LoadedRun, DataFacts, dict, dict]:
     """The run's model (as `load_run` builds it), its data facts, the checkpoint and the launch record."""
     loaded = load_run(run, which, torch.device("cpu"))
-    state = ckpt.load(loaded.checkpoint)  # load_run read it too; the data facts and fingerprint are in it
-    facts = DataFacts.from_record(state.get("data"), str(loaded.checkpoint))
-    if list(loaded.model.tree.columns) != list(facts.tree.columns):
-        raise ExportError(f"{loaded.checkpoint}: trained on the {facts.tree.name} tree, but the run's model was built "
-                          f"for {loaded.model.tree.name}; this gzfast cannot export it")
-    return loaded, facts, state, read_json(run / "config.json") or {}
+    state = ckpt.load(loaded.checkpoint)  # load_run read it too; the progress and fingerprint are in it
+    return loaded, loaded.data, state, read_json(run / "config.json") or {}
 
 
 def export_run(run: str | Path, out: str | Path, which: str = "best", onnx: bool = False) -> Path:

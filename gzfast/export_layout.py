@@ -14,12 +14,9 @@ export's, and a folder whose weights do not match it (an export that stopped hal
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from shard_tools.errors import UserError
-from shard_tools.layout import IMAGE_SIDE
-from shard_tools.trees import GZ2_KAGGLE, Tree, TreeError
 
 FORMAT = "gzfast-model-v1"
 WEIGHTS, CONFIG, CARD, ONNX = "model.safetensors", "config.json", "README.md", "model.onnx"
@@ -44,37 +41,3 @@ def export_config(folder: str | Path) -> dict | None:
     data = read_json(Path(folder) / CONFIG)
     ours = data is not None and isinstance(data.get("gzfast"), dict) and data["gzfast"].get("format") == FORMAT
     return data if ours else None
-
-
-@dataclass(frozen=True)
-class DataFacts:
-    """What a model needs to know of its data without the shards (a run's config.json and checkpoints record
-    it under "data"): the decision tree, the side of the packed images, how other images were brought to it
-    ("crop" or "resize"; None for the Kaggle layout, whose images are all 424 px), and whether labels were counts."""
-    tree: Tree
-    image_side: int
-    fit: str | None
-    has_counts: bool
-
-    @classmethod
-    def from_record(cls, data: dict | None, where: str) -> DataFacts:
-        """From a "data" record; a run from before the record (None) is a gz2-kaggle run at 424 px."""
-        if data is None:
-            return cls(GZ2_KAGGLE, IMAGE_SIDE, None, False)
-        try:
-            tree = Tree.from_dict(data["tree"], f"{where}: data.tree")
-            side = int(data.get("image_side", IMAGE_SIDE))
-            fit = data.get("fit")
-            has_counts = data.get("has_counts", False)
-        except TreeError as exc:
-            raise ModelDirError(str(exc)) from None
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ModelDirError(f"{where}: the data record lacks or garbles a field ({exc!r})") from None
-        if side < 1 or fit not in (None, "crop", "resize") or not isinstance(has_counts, bool):
-            raise ModelDirError(f"{where}: the data record has image_side {side!r}, fit {fit!r}, has_counts "
-                                f"{has_counts!r}; export the run again")
-        return cls(tree, side, fit, has_counts)
-
-    def to_dict(self) -> dict:
-        return {"tree": self.tree.to_dict(), "image_side": self.image_side, "has_counts": self.has_counts,
-                "fit": self.fit}

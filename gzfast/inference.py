@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from shard_tools.errors import UserError
-from shard_tools.layout import IMAGE_SIDE
-from shard_tools.trees import GZ2_KAGGLE, Tree, TreeError
+from shard_tools.trees import Tree
 
 from . import checkpoint as ckpt
 from .config import LAUNCH_FACTS, RESUME_FREE, ConfigError, TrainConfig, config_from_dict
+from .data_facts import DataFacts
 from .eval_loop import Prediction, predict_batches
 from .loaders import geometry_problem
 from .tta import check_views, predict_views
@@ -33,31 +33,6 @@ from .tta import check_views, predict_views
 
 class InferenceError(UserError, RuntimeError):
     """A run, checkpoint or input that prediction cannot use; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class DataFacts:
-    """What the run's data was, as the checkpoint records it."""
-    tree: Tree = GZ2_KAGGLE
-    image_side: int = IMAGE_SIDE
-    fit: str | None = None      # None: the Kaggle layout (side×side JPEGs kept as they are)
-    has_counts: bool = False
-
-    @property
-    def kaggle(self) -> bool:
-        return self.tree.name == GZ2_KAGGLE.name and self.tree.columns == GZ2_KAGGLE.columns
-
-    @classmethod
-    def from_state(cls, data, where: str) -> DataFacts:
-        if data is None:
-            return cls()
-        try:
-            return cls(Tree.from_dict(data["tree"], f"{where}: data.tree"), int(data.get("image_side", IMAGE_SIDE)),
-                       data.get("fit"), bool(data.get("has_counts", False)))
-        except TreeError as exc:
-            raise InferenceError(str(exc)) from None
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InferenceError(f"{where}: the checkpoint's data facts are garbled ({exc!r})") from None
 
 
 @dataclass
@@ -152,7 +127,7 @@ def load_run(run: str | Path, which: str = "best", device: torch.device | None =
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise InferenceError(f"{path}: not a gzfast checkpoint (no model state dict in it)")
     cfg = run_config(run, state, path, force)
-    data = DataFacts.from_state(state.get("data"), str(path))
+    data = DataFacts.from_record(state.get("data"), str(path))
     problem = geometry_problem(cfg.crop_size, 0.0, 0.0, False, data.image_side)
     if problem or not 1 <= cfg.image_size <= 4096:
         raise InferenceError(f"{path}: the run's geometry cannot be used ({problem or f'image_size {cfg.image_size}'})")

@@ -22,7 +22,8 @@ def add_inference_args(ap: argparse.ArgumentParser, what: str = "predictions"):
     to name a model (a `--model-dir` of exported weights) joins it as an alternative."""
     model = ap.add_mutually_exclusive_group(required=True)
     model.add_argument("--run", help="run folder of gzfast/train.py (its --out)")
-    ap.add_argument("--checkpoint", default="best", help="best (default), last, or a checkpoint path")
+    model.add_argument("--model-dir", help="a folder written by python -m gzfast.export, in place of --run")
+    ap.add_argument("--checkpoint", default=None, help="with --run: best (default), last, or a checkpoint path")
     ap.add_argument("--tta", type=int, default=8, metavar="K",
                     help=f"views whose {what} are averaged per galaxy, one of {', '.join(map(str, VIEW_COUNTS))} "
                          f"(default 8: four rotations x flip; 1 = centre crop only)")
@@ -98,6 +99,17 @@ def pick_loader(name: str) -> str:
     return loader
 
 
+def load_model(args, device: torch.device | None) -> LoadedRun:
+    """The model of `--run` (its checkpoint) or of `--model-dir` (an export)."""
+    if args.model_dir is None:
+        return load_run(args.run, args.checkpoint or "best", device, force=args.force)
+    if args.checkpoint is not None:
+        raise InferenceError(f"--checkpoint {args.checkpoint} with --model-dir: an export holds one set of weights; "
+                             f"export another checkpoint with python -m gzfast.export --checkpoint")
+    from .model_dir import load_model_dir
+    return load_model_dir(args.model_dir, device)
+
+
 def common_setup(args, device: torch.device | None = None, what: str = "outputs", announce: bool = True) -> Setup:
     """The run, its predictor, the loader and the batch size from the shared flags (checked first)."""
     try:
@@ -109,7 +121,7 @@ def common_setup(args, device: torch.device | None = None, what: str = "outputs"
     if args.workers is not None and args.workers < 0:
         raise InferenceError(f"--workers {args.workers} must be >= 0")
     loader = pick_loader(args.loader)
-    loaded = load_run(args.run, args.checkpoint, device, force=args.force)
+    loaded = load_model(args, device)
     predictor = Predictor(loaded, args.tta, args.precision, args.compile, what)
     batch_size = args.batch_size or loaded.cfg.batch_size
     check_batch_fits(batch_size, loaded.cfg.image_size, predictor.device)

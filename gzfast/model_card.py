@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .export_layout import CONFIG, ONNX, WEIGHTS, DataFacts
+from .data_facts import DataFacts
+from .export_layout import CONFIG, ONNX, WEIGHTS
 
 HEAD_WORDS = {
     "sigmoid": "`outputs = sigmoid(logits)`: each answer's cumulative vote fraction on its own (the Kaggle models' head).",

@@ -8,27 +8,14 @@ names (sha256), and its timm fields must agree with its gzfast fields (a hand-ed
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from shard_tools.layout import IMAGE_SIDE
-from shard_tools.trees import Tree
-
 from .config import ConfigError, config_from_dict
-from .export_layout import CONFIG, WEIGHTS, DataFacts, ModelDirError, export_config
+from .data_facts import DataFacts
+from .export_layout import CONFIG, WEIGHTS, ModelDirError, export_config
 from .inference import LoadedRun
-
-
-@dataclass
-class LoadedModelDir(LoadedRun):
-    """`run` is the folder, `checkpoint` its model.safetensors, `epoch` the exported checkpoint's; the data facts
-    come with it (defaults only so that this class stays a valid dataclass whatever LoadedRun gains)."""
-    tree: Tree | None = None
-    image_side: int = IMAGE_SIDE
-    fit: str | None = None
-    has_counts: bool = False
 
 
 def sha256_of(path: Path) -> str:
@@ -75,7 +62,7 @@ def check_agreement(config: dict, cfg, facts: DataFacts, where: str):
                             f"was it edited? Run python -m gzfast.export again")
 
 
-def load_model_dir(path: str | Path, device: torch.device | None = None) -> LoadedModelDir:
+def load_model_dir(path: str | Path, device: torch.device | None = None) -> LoadedRun:
     """The exported model in `path`, built as trained, in eval mode, channels-last, on `device` (default: the
     GPU if there is one)."""
     from safetensors.torch import load_file
@@ -102,6 +89,6 @@ def load_model_dir(path: str | Path, device: torch.device | None = None) -> Load
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device, memory_format=torch.channels_last).eval()
     source = config["gzfast"].get("source") or {}
-    return LoadedModelDir(folder, folder / WEIGHTS, cfg, model, source.get("epoch"), facts.tree, facts.image_side,
-                          facts.fit, facts.has_counts)
+    return LoadedRun(folder, folder / WEIGHTS, cfg, model, source.get("epoch"), facts, source.get("data_fingerprint"),
+                     config["gzfast"]["weights_sha256"])
 

@@ -33,6 +33,7 @@ from gzfast import checkpoint as ckpt
 from gzfast.build import Training, build_training, make_accelerator
 from gzfast.config import ConfigError, TrainConfig
 from gzfast.curriculum import check_schedule, parse_schedule, shards_for_epoch, stage_at
+from gzfast.data_facts import DataFacts
 from gzfast.eval_loop import predict_batches
 from gzfast.heads import to_fractions
 from gzfast.loaders import LoaderError, make_loader
@@ -279,8 +280,9 @@ class Trainer:
         if not self.is_main:
             return
         state.elapsed, state.metrics_lines = self.log.elapsed(), self.log.lines
-        payload = checkpoint_payload(self.cfg.to_dict(), self.data.fingerprint, data_facts(self.data), self.t.model.state_dict(),
-                                     self.t.optimizer.state_dict(), acc.num_processes, state.state_dict(per_rank))
+        payload = checkpoint_payload(self.cfg.to_dict(), self.data.fingerprint, DataFacts.of(self.data).to_record(),
+                                     self.t.model.state_dict(), self.t.optimizer.state_dict(), acc.num_processes,
+                                     state.state_dict(per_rank))
         ckpt.atomic_save(payload, self.ckpt_dir / ckpt.LAST)
         if best:
             ckpt.atomic_copy(self.ckpt_dir / ckpt.LAST, self.ckpt_dir / ckpt.BEST)
@@ -321,7 +323,7 @@ class Trainer:
         if not self.is_main:
             return
         config = {**self.cfg.to_dict(), "world_size": self.accelerator.num_processes,
-                  "per_process_batch": self.t.micro_batch, "data": data_facts(self.data), "command": command_line(),
+                  "per_process_batch": self.t.micro_batch, "data": DataFacts.of(self.data).to_record(), "command": command_line(),
                   "commit": code_commit()}  # the launch facts (config.LAUNCH_FACTS) beside the config
         write_atomic(self.run_dir / "config.json", json.dumps(config, indent=1) + "\n")
         print("config: " + json.dumps({k: v for k, v in config.items() if k != "data"}), flush=True)
@@ -400,12 +402,6 @@ def check_memory(cfg: TrainConfig, acc) -> str:
     except ValueError as exc:  # a model the freezing does not fit (model.freeze says which)
         raise ConfigError(str(exc)) from None
     return check_fits(estimate, acc.device, sharing=sharing)
-
-
-def data_facts(data: PackedSet) -> dict:
-    """What prediction, embedding and export need to know of the data without the shards."""
-    return {"tree": data.tree.to_dict(), "image_side": data.image_side, "has_counts": data.has_counts,
-            "fit": data.manifest.get("image", {}).get("fit", "crop")}
 
 
 def command_line() -> str:

@@ -288,3 +288,25 @@ def test_bad_export_input_is_one_line_exit_2_and_touches_nothing(case, setup, me
     assert len(err) == 1 and err[0].startswith("export: error: ") and message in err[0], err
     assert snapshot(tmp_path) == before and snapshot(tree_run) == run_before
     assert not (tmp_path / "export").exists()
+
+
+def test_predict_embed_and_evaluate_take_the_export_in_place_of_the_run(tree_run, exported, synth_shards, tmp_path):
+    """--model-dir DIR gives what --run RUN gives (the same weights, built as trained), for every command."""
+    import pandas as pd
+
+    from gzfast import embed, evaluate, predict
+    common = ["--shards", str(synth_shards / "test"), "--tta", "2", "--loader", "pil"]
+    for command in (predict, embed):
+        by_run, by_dir = tmp_path / f"{command.__name__}-run.csv", tmp_path / f"{command.__name__}-dir.csv"
+        assert command.main(["--run", str(tree_run), "--out", str(by_run), *common]) == 0
+        assert command.main(["--model-dir", str(exported), "--out", str(by_dir), *common]) == 0
+        a, b = pd.read_csv(by_run), pd.read_csv(by_dir)
+        assert len(a) == 40 and a.columns.tolist() == b.columns.tolist() and np.allclose(a.to_numpy(), b.to_numpy())
+    folder = linked_copy(exported, tmp_path / "export")  # evaluate writes its report beside the model
+    assert evaluate.main(["--model-dir", str(folder), "--shards", str(synth_shards), "--tta", "1", "--no-plot",
+                          "--loader", "pil"]) == 0
+    report = json.loads((folder / "eval.json").read_text())
+    assert report["rmse"]["model"] == pytest.approx(json.loads((tree_run / "summary.json").read_text())["final_val_rmse"],
+                                                    rel=1e-5)
+    assert predict.main(["--model-dir", str(exported), "--checkpoint", "last", "--out", str(tmp_path / "x.csv"),
+                         *common]) == 2
