@@ -76,10 +76,10 @@ compare: shards
 		--schedules "$(COMPARE_SCHEDULES)" --out $(COMPARE_OUT) --launch "$(LAUNCH)" $(COMPARE_ARGS)
 
 # The GPU machine has torch but no package index and no venv: the check runs on its python3, and DALI
-# comes as the bundle of ../shared/tools/dali-bundle.sh, carried as .dali-bundle/p0..p2 (or in
+# comes as the bundle of tools/dali-bundle.sh, carried as .dali-bundle/p0..p2 (or in
 # ../dali-parts; see benchmarks/gpu_check.py). The check runs in stages within GPU_BUDGET seconds, each
 # written to GPU_CHECK_OUT when it ends. `make gpu-data` first copies the real JPEGs the GPU tests read
-# into the git-ignored .gz2/ (../shared does not travel to that machine), and pytest (pure Python) into
+# (GZ2=folder) into the git-ignored .gz2/ (which travels with the checkout), and pytest (pure Python) into
 # .gpu-site/ for a machine that has none (the check uses it only there). `make gpu-test` runs every GPU
 # test, the long compiled resume runs included, on the same set-up.
 GPU_PY ?= python3
@@ -92,10 +92,12 @@ gpu-check:
 gpu-test:
 	PYTHONUNBUFFERED=1 $(GPU_PY) benchmarks/gpu_check.py --pytest "-m gpu tests $(PYTEST_ARGS)"
 
+# GZ2: the folder of real GZ2 files the tests read (test_images/, train_images/, training_solutions_subset.csv)
+GZ2 ?= $(or $(GZ2_SHARED),../shared/gz2)
 gpu-data: $(INSTALL)
 	rm -rf .gz2 .gpu-site && mkdir -p .gz2
-	cp -r ../shared/gz2/test_images ../shared/gz2/train_images .gz2/
-	head -n 51 ../shared/gz2/training_solutions_subset.csv > .gz2/training_solutions_subset.csv
+	cp -r $(GZ2)/test_images $(GZ2)/train_images .gz2/
+	head -n 51 $(GZ2)/training_solutions_subset.csv > .gz2/training_solutions_subset.csv
 	$(PY) -m pip install -q --target .gpu-site --no-compile pytest
 
 clean:

@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --pytest "-m gpu tests"        (make gpu-test: pytest on the same set-up)
 
 First, in seconds: what the machine has. DALI and webdataset may arrive as the three-part bundle of
-`../shared/tools/dali-bundle.sh` (carried as `.dali-bundle/p0..p2` or in `../dali-parts`): it is
+`tools/dali-bundle.sh` (carried as `.dali-bundle/p0..p2` or in `../dali-parts`): it is
 unpacked and the check restarts on it; without them and without a bundle, it stops with one line.
 Then the stages of benchmarks/gpu_stages.py, in order of value, each in a process of its own under its
 own time limit, each written under --out the moment it ends (`<k>-<stage>.json`, and `verdict.md`, the
@@ -91,7 +91,7 @@ def preflight(quick: bool) -> dict:
     site = os.environ.get(gpu_env.SITE_ENV)
     if lacking and site:
         raise CheckError(f"{lacking}: not importable from the unpacked DALI bundle in {site}; remove that folder "
-                         f"and carry the three parts again (a bundle made by ../shared/tools/dali-bundle.sh for "
+                         f"and carry the three parts again (a bundle made by tools/dali-bundle.sh for "
                          f"this Python)")
     if lacking:
         raise CheckError(f"{lacking} missing and no DALI bundle found (.dali-bundle/p0..p2 or ../dali-parts); "

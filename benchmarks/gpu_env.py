@@ -1,7 +1,7 @@
 """What a borrowed GPU machine has, and DALI brought to one that has no package index.
 
 The machine comes with torch, timm, accelerate, pandas, pillow, numpy and pytest, not with DALI or
-webdataset: those travel as the three-part bundle that `../shared/tools/dali-bundle.sh` makes (an xz
+webdataset: those travel as the three-part bundle that `tools/dali-bundle.sh` makes (an xz
 tar split in p0 p1 p2), carried inside the checkout as the git-ignored `.dali-bundle/` or beside it in
 `../dali-parts/`. `bring_dali` unpacks it once (into a temp folder renamed into place, so a killed
 unpack is never trusted) and restarts the process on it: the dynamic loader reads LD_LIBRARY_PATH only
@@ -33,7 +33,7 @@ IMPORTED = ("torch", *FROM_BUNDLE)  # imported: a wheel whose libraries do not l
 # found by name only (timm with torchvision takes seconds to import); their versions from the metadata
 LOOKED_UP = {"timm": "timm", "accelerate": "accelerate", "pandas": "pandas", "PIL": "pillow", "numpy": "numpy",
              "yaml": "pyyaml", "tqdm": "tqdm", "safetensors": "safetensors", "pytest": "pytest"}
-BUNDLE_HINT = ("bring them as the DALI bundle: where a package index is reachable, `bash ../shared/tools/dali-bundle.sh "
+BUNDLE_HINT = ("bring them as the DALI bundle: where a package index is reachable, `bash tools/dali-bundle.sh "
                ".dali-bundle` in the checkout, then carry .dali-bundle/p0, p1 and p2 with it (or put them in ../dali-parts)")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from shard_tools.errors import UserError
+from shard_tools.errors import UserError, first_line
 from shard_tools.trees import Tree
 
 from . import checkpoint as ckpt
@@ -135,12 +135,16 @@ def load_run(run: str | Path, which: str = "best", device: torch.device | None =
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise InferenceError(f"{path}: its weights do not fit the run's model {cfg.model} ({cfg.head} head, "
-                             f"{data.tree.n} answers): {first}; is it a checkpoint of another model?") from None
+                             f"{data.tree.n} answers): {first_line(exc)}; is it a checkpoint of another model?") from None
+    return LoadedRun(run, path, cfg, for_inference(model, device), state.get("epoch"), data, state.get("data_fingerprint"),
+                     file_digest(path))
+
+
+def for_inference(model: torch.nn.Module, device: torch.device | None) -> torch.nn.Module:
+    """The model in eval mode, channels-last, on `device` (default: the GPU when there is one)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    return LoadedRun(run, path, cfg, model, state.get("epoch"), data, state.get("data_fingerprint"), file_digest(path))
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def pooled_features(model, images: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+from shard_tools.errors import first_line
+
 from .config import ConfigError, config_from_dict
 from .data_facts import DataFacts
 from .export_layout import CONFIG, WEIGHTS, ModelDirError, export_config
-from .inference import LoadedRun
+from .inference import LoadedRun, for_inference
 
 
 def sha256_of(path: Path) -> str:
@@ -83,12 +85,9 @@ def load_model_dir(path: str | Path, device: torch.device | None = None) -> Load
     try:
         model.backbone.load_state_dict(load_file(str(folder / WEIGHTS)))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ModelDirError(f"{folder / WEIGHTS}: the weights do not fit {cfg.model} ({first}); run python -m "
+        raise ModelDirError(f"{folder / WEIGHTS}: the weights do not fit {cfg.model} ({first_line(exc)}); run python -m "
                             f"gzfast.export again") from None
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device, memory_format=torch.channels_last).eval()
     source = config["gzfast"].get("source") or {}
-    return LoadedRun(folder, folder / WEIGHTS, cfg, model, source.get("epoch"), facts, source.get("data_fingerprint"),
-                     config["gzfast"]["weights_sha256"])
+    return LoadedRun(folder, folder / WEIGHTS, cfg, for_inference(model, device), source.get("epoch"), facts,
+                     source.get("data_fingerprint"), config["gzfast"]["weights_sha256"])
 

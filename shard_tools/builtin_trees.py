@@ -12,6 +12,35 @@ Sources of the facts (names, answer order, which answer asks each question):
 """
 from __future__ import annotations
 
+# The GZ2 tree, once: per question its Kaggle name, its GZ2 task, its text, its answers (Kaggle column, GZ2
+# answer) and the Kaggle column of the answer that asks it. The two trees below are this table named two ways.
+_GZ2_TABLE = [
+    ("Q1", "t01_smooth_or_features", "smooth / features or disk / star or artifact",
+     [("Class1.1", "a01_smooth"), ("Class1.2", "a02_features_or_disk"), ("Class1.3", "a03_star_or_artifact")], None),
+    ("Q2", "t02_edgeon", "edge-on disk?", [("Class2.1", "a04_yes"), ("Class2.2", "a05_no")], "Class1.2"),
+    ("Q3", "t03_bar", "bar?", [("Class3.1", "a06_bar"), ("Class3.2", "a07_no_bar")], "Class2.2"),
+    ("Q4", "t04_spiral", "spiral arms?", [("Class4.1", "a08_spiral"), ("Class4.2", "a09_no_spiral")], "Class2.2"),
+    ("Q5", "t05_bulge_prominence", "bulge prominence",
+     [("Class5.1", "a10_no_bulge"), ("Class5.2", "a11_just_noticeable"), ("Class5.3", "a12_obvious"),
+      ("Class5.4", "a13_dominant")], "Class2.2"),
+    # The Kaggle quirk, which GZ2's catalogue shares: asked of everyone, star/artifact voters included (sums to 1).
+    ("Q6", "t06_odd", "anything odd?", [("Class6.1", "a14_yes"), ("Class6.2", "a15_no")], None),
+    ("Q7", "t07_rounded", "how rounded (smooth)",
+     [("Class7.1", "a16_completely_round"), ("Class7.2", "a17_in_between"), ("Class7.3", "a18_cigar_shaped")], "Class1.1"),
+    ("Q8", "t08_odd_feature", "odd feature",
+     [("Class8.1", "a19_ring"), ("Class8.2", "a20_lens_or_arc"), ("Class8.3", "a21_disturbed"),
+      ("Class8.4", "a22_irregular"), ("Class8.5", "a23_other"), ("Class8.6", "a24_merger"), ("Class8.7", "a38_dust_lane")],
+     "Class6.1"),
+    ("Q9", "t09_bulge_shape", "edge-on bulge shape",
+     [("Class9.1", "a25_rounded"), ("Class9.2", "a26_boxy"), ("Class9.3", "a27_no_bulge")], "Class2.1"),
+    ("Q10", "t10_arms_winding", "arm winding",
+     [("Class10.1", "a28_tight"), ("Class10.2", "a29_medium"), ("Class10.3", "a30_loose")], "Class4.1"),
+    ("Q11", "t11_arms_number", "number of arms",
+     [("Class11.1", "a31_1"), ("Class11.2", "a32_2"), ("Class11.3", "a33_3"), ("Class11.4", "a34_4"),
+      ("Class11.5", "a36_more_than_4"), ("Class11.6", "a37_cant_tell")], "Class4.1"),
+]
+_GZ2_COLUMN = {kaggle: f"{task}_{answer}" for _, task, _, answers, _ in _GZ2_TABLE for kaggle, answer in answers}
+
 GZ2_KAGGLE = {
     "name": "gz2-kaggle",
     "answer_column": "{answer}",
@@ -21,79 +50,24 @@ GZ2_KAGGLE = {
     "id_column": "GalaxyID",
     "file_column": None,            # images are <GalaxyID>.jpg
     "allow_unanswered": False,      # Kaggle's rows fill every question
-    "questions": [
-        {"name": "Q1", "text": "smooth / features or disk / star or artifact",
-         "answers": ["Class1.1", "Class1.2", "Class1.3"], "asked_after": None},
-        {"name": "Q2", "text": "edge-on disk?", "answers": ["Class2.1", "Class2.2"], "asked_after": "Class1.2"},
-        {"name": "Q3", "text": "bar?", "answers": ["Class3.1", "Class3.2"], "asked_after": "Class2.2"},
-        {"name": "Q4", "text": "spiral arms?", "answers": ["Class4.1", "Class4.2"], "asked_after": "Class2.2"},
-        {"name": "Q5", "text": "bulge prominence", "answers": ["Class5.1", "Class5.2", "Class5.3", "Class5.4"],
-         "asked_after": "Class2.2"},
-        # The Kaggle quirk: Q6 sums to 1, although star/artifact voters (Class1.3) never reach it in the real tree.
-        {"name": "Q6", "text": "anything odd?", "answers": ["Class6.1", "Class6.2"], "asked_after": None},
-        {"name": "Q7", "text": "how rounded (smooth)", "answers": ["Class7.1", "Class7.2", "Class7.3"],
-         "asked_after": "Class1.1"},
-        {"name": "Q8", "text": "odd feature",
-         "answers": ["Class8.1", "Class8.2", "Class8.3", "Class8.4", "Class8.5", "Class8.6", "Class8.7"],
-         "asked_after": "Class6.1"},
-        {"name": "Q9", "text": "edge-on bulge shape", "answers": ["Class9.1", "Class9.2", "Class9.3"],
-         "asked_after": "Class2.1"},
-        {"name": "Q10", "text": "arm winding", "answers": ["Class10.1", "Class10.2", "Class10.3"],
-         "asked_after": "Class4.1"},
-        {"name": "Q11", "text": "number of arms",
-         "answers": ["Class11.1", "Class11.2", "Class11.3", "Class11.4", "Class11.5", "Class11.6"],
-         "asked_after": "Class4.1"},
-    ],
+    "questions": [{"name": q, "text": text, "answers": [k for k, _ in answers], "asked_after": parent}
+                  for q, _, text, answers, parent in _GZ2_TABLE],
 }
 
+# How the volunteer catalogues (GZ2's, DECaLS') spell their columns: per-question fractions in `_fraction`
+# columns, image paths in `file_loc`, and questions some galaxies got no vote on.
+_CATALOGUE = {"answer_column": "{question}_{answer}", "fraction_column": "{column}_fraction", "fractions": "per-question",
+              "file_column": "file_loc", "allow_unanswered": True}
+
 GZ2 = {
-    "name": "gz2",
-    "answer_column": "{question}_{answer}",
-    "count_column": "{column}_count",
-    "fraction_column": "{column}_fraction",
-    "fractions": "per-question",
-    "id_column": "dr7objid",
-    "file_column": "file_loc",
-    "allow_unanswered": True,
-    "questions": [
-        {"name": "t01_smooth_or_features", "text": "smooth / features or disk / star or artifact",
-         "answers": ["a01_smooth", "a02_features_or_disk", "a03_star_or_artifact"], "asked_after": None},
-        {"name": "t02_edgeon", "text": "edge-on disk?", "answers": ["a04_yes", "a05_no"],
-         "asked_after": "t01_smooth_or_features_a02_features_or_disk"},
-        {"name": "t03_bar", "text": "bar?", "answers": ["a06_bar", "a07_no_bar"], "asked_after": "t02_edgeon_a05_no"},
-        {"name": "t04_spiral", "text": "spiral arms?", "answers": ["a08_spiral", "a09_no_spiral"],
-         "asked_after": "t02_edgeon_a05_no"},
-        {"name": "t05_bulge_prominence", "text": "bulge prominence",
-         "answers": ["a10_no_bulge", "a11_just_noticeable", "a12_obvious", "a13_dominant"],
-         "asked_after": "t02_edgeon_a05_no"},
-        # Asked of everyone, as in the Kaggle table (star/artifact voters included).
-        {"name": "t06_odd", "text": "anything odd?", "answers": ["a14_yes", "a15_no"], "asked_after": None},
-        {"name": "t07_rounded", "text": "how rounded (smooth)",
-         "answers": ["a16_completely_round", "a17_in_between", "a18_cigar_shaped"],
-         "asked_after": "t01_smooth_or_features_a01_smooth"},
-        {"name": "t08_odd_feature", "text": "odd feature",
-         "answers": ["a19_ring", "a20_lens_or_arc", "a21_disturbed", "a22_irregular", "a23_other", "a24_merger",
-                     "a38_dust_lane"],
-         "asked_after": "t06_odd_a14_yes"},
-        {"name": "t09_bulge_shape", "text": "edge-on bulge shape", "answers": ["a25_rounded", "a26_boxy", "a27_no_bulge"],
-         "asked_after": "t02_edgeon_a04_yes"},
-        {"name": "t10_arms_winding", "text": "arm winding", "answers": ["a28_tight", "a29_medium", "a30_loose"],
-         "asked_after": "t04_spiral_a08_spiral"},
-        {"name": "t11_arms_number", "text": "number of arms",
-         "answers": ["a31_1", "a32_2", "a33_3", "a34_4", "a36_more_than_4", "a37_cant_tell"],
-         "asked_after": "t04_spiral_a08_spiral"},
-    ],
+    "name": "gz2", **_CATALOGUE, "count_column": "{column}_count", "id_column": "dr7objid",
+    "questions": [{"name": task, "text": text, "answers": [a for _, a in answers],
+                   "asked_after": _GZ2_COLUMN[parent] if parent else None}
+                  for _, task, text, answers, parent in _GZ2_TABLE],
 }
 
 GZ_DECALS = {
-    "name": "gz-decals",
-    "answer_column": "{question}_{answer}",
-    "count_column": "{column}",
-    "fraction_column": "{column}_fraction",
-    "fractions": "per-question",
-    "id_column": "iauname",
-    "file_column": "file_loc",
-    "allow_unanswered": True,
+    "name": "gz-decals", **_CATALOGUE, "count_column": "{column}", "id_column": "iauname",  # counts: the answer's own column
     "questions": [
         {"name": "smooth-or-featured", "text": "smooth / featured or disk / artifact",
          "answers": ["smooth", "featured-or-disk", "artifact"], "asked_after": None},

@@ -241,12 +241,15 @@ def test_gpu_inference_speed(real_shards, tmp_path, capsys):
 
 
 def test_readme_commands_parse():
-    """The README's prediction commands are the ones the parsers accept (the bracketed options dropped)."""
-    text = (REPO / "README.md").read_text().split("## Prediction and evaluation", 1)[1].split("\n## ", 1)[0]
+    """The README's commands for a trained model are the ones the parsers accept (the bracketed options dropped)."""
+    from gzfast import export as export_mod
+    text = (REPO / "README.md").read_text().split("## Using a trained model", 1)[1].split("\n## ", 1)[0]
     commands = [line.split("#")[0].strip() for line in text.splitlines() if line.startswith("    python -m gzfast.")]
-    assert len(commands) >= 3
+    modules = {"gzfast.predict": predict_mod, "gzfast.evaluate": evaluate_mod, "gzfast.embed": embed_mod,
+               "gzfast.export": export_mod}
+    assert len(commands) >= 4 and {c.split()[2] for c in commands} == set(modules)
     for command in commands:
         words = re.sub(r"\[[^\]]*\]", "", command).split()
-        module = {"gzfast.predict": predict_mod, "gzfast.evaluate": evaluate_mod, "gzfast.embed": embed_mod}[words[2]]
-        args = module.build_parser().parse_args(words[3:])
-        assert args.run == "RUN" and args.tta == 8 and args.checkpoint == "best"
+        args = modules[words[2]].build_parser().parse_args(words[3:])
+        assert args.run == "RUN" and args.checkpoint in (None, "best")
+        assert words[2] == "gzfast.export" or args.tta == 8 or "--tta" in words
