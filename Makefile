@@ -77,7 +77,7 @@ compare: shards
 
 # The GPU machine has torch but no package index and no venv: the check runs on its python3, and DALI
 # comes as the bundle of tools/dali-bundle.sh, carried as .dali-bundle/p0..p2 (or in
-# ../dali-parts; see benchmarks/gpu_check.py). The check runs in stages within GPU_BUDGET seconds, each
+# a dali-parts/ folder beside the checkout; see benchmarks/gpu_check.py). The check runs in stages within GPU_BUDGET seconds, each
 # written to GPU_CHECK_OUT when it ends. `make gpu-data` first copies the real JPEGs the GPU tests read
 # (GZ2=folder) into the git-ignored .gz2/ (which travels with the checkout), and pytest (pure Python) into
 # .gpu-site/ for a machine that has none (the check uses it only there). `make gpu-test` runs every GPU
@@ -93,8 +93,11 @@ gpu-test:
 	PYTHONUNBUFFERED=1 $(GPU_PY) benchmarks/gpu_check.py --pytest "-m gpu tests $(PYTEST_ARGS)"
 
 # GZ2: the folder of real GZ2 files the tests read (test_images/, train_images/, training_solutions_subset.csv)
-GZ2 ?= $(or $(GZ2_SHARED),../shared/gz2)
+GZ2 ?= $(GZ2_SHARED)
 gpu-data: $(INSTALL)
+	@test -n "$(GZ2)" -a -d "$(GZ2)/test_images" -a -d "$(GZ2)/train_images" || { echo "gpu-data: error: \
+	GZ2=FOLDER must name the real GZ2 files (test_images/, train_images/, training_solutions_subset.csv), \
+	e.g. make gpu-data GZ2=path/to/gz2" >&2; exit 2; }
 	rm -rf .gz2 .gpu-site && mkdir -p .gz2
 	cp -r $(GZ2)/test_images $(GZ2)/train_images .gz2/
 	head -n 51 $(GZ2)/training_solutions_subset.csv > .gz2/training_solutions_subset.csv

@@ -2,10 +2,9 @@
 (a dict) that returns its checks (what, target, measured, verdict) and its details; `gpu_check.py` runs
 each in a process of its own, under its time limit, and writes its result the moment it ends.
 
-Adding a stage (the predict/embed throughput a later change brings) is one function and one line in
-STAGES, with its estimate on one H200. The estimates below and the data's add up to 330 s; with the
-start (imports, unpacking the DALI bundle: about 10 s) that leaves about 20 s of the default 360 s for
-it, and a stage that does not fit is recorded as skipped, never dropped.
+Adding a stage is one function and one line in STAGES, with its estimate on one H200. The estimates below
+and the data's add up to 350 s; with the start (imports, unpacking the DALI bundle: about 10 s) that is the
+default 360 s, and a stage that does not fit what is left is recorded as skipped, never dropped.
 
     python benchmarks/gpu_stages.py STAGE CONTEXT.json RESULT.json     (what gpu_check.py runs)
 """
@@ -270,13 +269,60 @@ def stage_tests(ctx: dict) -> dict:
             "details": {"exit_code": code, "tail": tail, "seconds": seconds}}
 
 
+# --- 6. inference -------------------------------------------------------------------------------------
+
+def random_weights(ctx: dict, data):
+    """The recipe's model with random weights, as a loaded run: throughput does not depend on the weights."""
+    from gzfast.config import TrainConfig
+    from gzfast.data_facts import DataFacts
+    from gzfast.inference import LoadedRun, for_inference
+    from gzfast.model import GZ2Model
+
+    r = RECIPE[ctx["quick"]]
+    cfg = TrainConfig(model=r["model"], image_size=r["image"], crop_size=r["crop"], batch_size=r["batch"],
+                      shards=ctx["shards"]).resolve(cuda=ctx["gpu"], source_side=data.image_side)
+    model = for_inference(GZ2Model(cfg.model, cfg.head, data.tree), None)
+    return LoadedRun(Path(ctx["work"]), Path("random-weights"), cfg, model, None, DataFacts.of(data), None, "random")
+
+
+def stage_inference(ctx: dict) -> dict:
+    """predict (one view and 8-view TTA) and embed over the val shards, eager bf16 on the GPU so that no
+    compilation eats the budget (compiled: `make gpu-test`'s test_gpu_inference_speed)."""
+    from gzfast.inference import Predictor
+    from gzfast.loaders import make_loader
+    from shard_tools.layout import PackedSet
+
+    r = RECIPE[ctx["quick"]]
+    data = PackedSet.open(ctx["shards"])
+    loaded = random_weights(ctx, data)
+    paths = data.paths("val")
+    rows = []
+    for what, views, shards in (("predict", 1, paths), ("predict", 8, paths[:1]), ("embed", 1, paths)):
+        predictor = Predictor(loaded, views, compile="off", what="features" if what == "embed" else "outputs")
+        loader = make_loader(r["loader"], shards, train=False, batch_size=r["batch"], image_size=r["image"],
+                             crop_size=r["crop"], dtype=predictor.image_dtype, pad_last_batch=True,
+                             source_side=data.image_side, label_count=data.tree.n, has_counts=data.has_counts)
+        if not rows:
+            predictor.run(loader, desc=None)  # warm-up: the pipeline's start, cuDNN's choice of kernels
+        result = predictor.run(loader, desc=None)
+        rows.append({"what": what, "views": views, "galaxies": len(result.ids), "seconds": result.seconds,
+                     "galaxies_per_s": len(result.ids) / result.seconds, "steady_per_s": result.steady_per_s})
+        print(f"{what} {views} view(s): {rows[-1]['galaxies_per_s']:,.0f} galaxies/s", flush=True)
+    precision = "bf16 eager" if ctx["gpu"] else "fp32 eager"
+    checks = [check(f"{row['what']}, {row['views']} view(s) ({r['model']} {precision}, {r['loader']})",
+                    "info (compiled, with targets: make gpu-test)",
+                    f"{row['galaxies_per_s']:,.0f} galaxies/s ({row['galaxies']:,} galaxies in {row['seconds']:.1f} s)",
+                    "info" if ctx["gpu"] else "n/a (no GPU)") for row in rows]
+    return {"checks": checks, "details": {"rows": rows}}
+
+
 STAGES = [
     Stage("environment", "environment and the hardware JPEG decoder", 20, 60, False, stage_environment, 8),
     Stage("loader", "dali-gpu loader alone", 25, 30, True, stage_loader, 10),
     Stage("step", "ceiling and DALI-fed compiled step, interleaved", 110, 170, True, stage_step, 15),
     Stage("epoch", "whole trainer epochs with a stage change", 95, 150, True, stage_epoch, 30),
     Stage("tests", "fast GPU tests", 45, 90, False, stage_tests, 10),
-    # 6: predict/embed throughput comes here (one function above and one line; 30 s of the budget kept)
+    Stage("inference", "predict and embed throughput", 20, 45, True, stage_inference, 10),
 ]
 DATA_ESTIMATE_S = {False: 35, True: 4}  # synthesizing and packing the set, the first time a stage needs it
 

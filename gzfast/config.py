@@ -62,7 +62,8 @@ class TrainConfig:
     batch_size: int = field(default=512, metadata={"help": "global batch size (divided by the process count)"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     image_size: int = field(default=224, metadata={"help": "model input side in px"})
-    crop_size: int = field(default=212, metadata={"help": "center crop of the 424 px JPEG, in px"})
+    crop_size: int | None = field(default=None, metadata={
+        "help": "centre crop in px, resized to --image-size (default: the central half of the packed images, 212 of 424 px)"})
     loader: str = field(default="auto", metadata={"help": "dali-gpu, dali-cpu or pil (auto: dali-gpu with CUDA, pil without)"})
     workers: int | None = field(default=None, metadata={
         "help": "loader threads/processes (default: the trainer's core budget, printed at start)"})
@@ -139,6 +140,8 @@ class TrainConfig:
             c.freeze_stages = 2 if c.pretrained else 0
         if c.out is None:
             c.out = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+        if c.crop_size is None:  # the study's 212 of 424 px, on a set packed at any side
+            c.crop_size = source_side // 2
         c.check(source_side)
         return c
 
@@ -257,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", help="YAML or JSON file with the same keys as the flags")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "") + f" (default: {f.default})"
+        text = f.metadata.get("help", "")
+        # a help text that states its default (a machine- or schedule-dependent one) is not given a second
+        help_ = text if "default" in text else f"{text} (default: {f.default})"
         typ = _field_type(f)
         if f.name == "curriculum":
             ap.add_argument(flag, nargs="?", const="default", metavar="SCHEDULE", help=help_)

@@ -164,9 +164,11 @@ def plot_eval(rep: dict, pred: np.ndarray, target: np.ndarray, out: Path, title:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m gzfast.evaluate", description=__doc__.split("\n\n")[0])
-    add_inference_args(ap, what="evaluation")
-    ap.add_argument("--shards", default=None, help="packed set with val shards (default: the run's --shards)")
-    ap.add_argument("--no-plot", dest="plot", action="store_false", help="skip RUN/eval.png")
+    add_inference_args(ap, what="predictions")
+    ap.add_argument("--shards", default=None, help="packed set with val shards (default with --run: the run's "
+                                                  "--shards; needed with --model-dir)")
+    ap.add_argument("--no-plot", dest="plot", action="store_false",
+                    help="skip eval.png (eval.json and eval.png go into the --run or --model-dir folder)")
     return ap
 
 
@@ -197,6 +199,8 @@ def open_val_set(root: str, loaded, force: bool) -> PackedSet:
 
 
 def evaluate(args) -> int:
+    if args.model_dir is not None and args.shards is None:  # the path an export records is the training machine's
+        raise InferenceError("--model-dir needs --shards: the packed set with val shards to evaluate on")
     setup = common_setup(args)
     loaded, predictor, cfg, tree = setup.loaded, setup.predictor, setup.loaded.cfg, setup.loaded.tree
     out_json, out_png = loaded.run / "eval.json", loaded.run / "eval.png"

@@ -30,7 +30,7 @@ def add_inference_args(ap: argparse.ArgumentParser, what: str = "predictions"):
     ap.add_argument("--loader", default="auto", help=f"auto (dali-gpu with CUDA, else pil), {', '.join(LOADERS)}")
     ap.add_argument("--batch-size", type=int, default=None, help="batch size (default: the run's)")
     ap.add_argument("--workers", type=int, default=None,
-                    help="decoding workers (the loader's; threads for --images/--catalog). Default on a CPU: the "
+                    help="decoding workers (the loader's, or the threads reading --images/--catalog). Default on a CPU: the "
                          "trainer's budget (pil: 0, decoding between batches so torch keeps every core)")
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto", help="auto: bf16 on a GPU")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="auto: on with a GPU")

@@ -151,6 +151,15 @@ def rejects_path(out) -> Path:
     return Path(out).with_suffix(".rejected.csv")  # submission.csv -> submission.rejected.csv
 
 
+def check_rejects_are_ours(out: Path, rejects: Path):
+    """Two outputs of one stem (preds.csv, preds.parquet) would share one rejected-files list, and each
+    would replace or clean up the other's: refused."""
+    for other in (out.with_suffix(s) for s in (".csv", ".parquet", "")):
+        if other != out and other.is_file() and any(written_by(other, c) for c in ("predict", "embed")):
+            raise InferenceError(f"--out {out}: {other} beside it would share the rejected-files list {rejects.name}; "
+                                 f"choose another --out name (or another folder)")
+
+
 def write_rejects(path: Path, header: str, rejected: list[tuple[str, str, str]]):
     """The rejected-files list (`file,reason`, or `id,file,reason` for a catalogue), or, with nothing
     rejected, an earlier list of ours removed (the input has been cleaned up since)."""
@@ -177,6 +186,7 @@ def table_command(args, spec: TableSpec, setup, source: Source, ranks: Ranks) ->
     def prepare():
         check_output(out, spec.prog, inputs=inputs, run=loaded.run)
         check_output(rejects, "rejected", "the rejected-files list", inputs=inputs, run=loaded.run)
+        check_rejects_are_ours(out, rejects)
 
     try:
         return _compute_and_assemble(args, spec, setup, source, ranks, table, prepare)

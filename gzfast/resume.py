@@ -7,21 +7,38 @@ import fcntl
 import os
 from pathlib import Path
 
+from shard_tools.layout import PackedSet
+
 from . import checkpoint as ckpt
 from .config import RESUME_FREE, ConfigError, TrainConfig, auto_loader, config_from_dict, explicit_values, first_line
 
 LOCK = ".lock"  # RUN/.lock: held (flock) by the trainer writing the run; its presence alone marks nothing
 
 
-def resolve_config(argv, cuda: bool, source_side: int | None = None) -> tuple[TrainConfig, dict | None, list[str]]:
+def packed_side(shards: str) -> int | None:
+    """The image side a packed set's manifest states (for the crop's default and check), or None where the
+    set cannot be opened here: the trainer's own opening of it then says why, in its one place."""
+    try:
+        return PackedSet.open(shards).image_side
+    except Exception:  # noqa: BLE001 - any failure is reported by open_training_data
+        return None
+
+
+def resolve_config(argv, cuda: bool, source_side: int | None = None,
+                   is_main: bool = True) -> tuple[TrainConfig, dict | None, list[str]]:
     """The config of this run, with --resume the checkpoint to continue from, and notes on the choices
-    made for this machine. `source_side`: the packed images' side, for the crop check (default 424)."""
+    made for this machine. `source_side`: the packed images' side (default: the set's manifest says it),
+    for the crop's default and check. Only the main process checks a new run's folder: by the time another
+    rank looks, the main one may already hold its lock and have written its config."""
     values = explicit_values(argv)
+    if source_side is None and not values.get("resume"):
+        source_side = packed_side(values.get("shards", TrainConfig.shards))
     side = {} if source_side is None else {"source_side": source_side}
     notes = [f"loader auto -> {auto_loader(cuda)[0]}: {auto_loader(cuda)[1]}"] if values.get("loader", "auto") == "auto" else []
     if not values.get("resume"):
         cfg = TrainConfig(**values).resolve(cuda, **side)
-        check_new_run_folder(Path(cfg.out))
+        if is_main:
+            check_new_run_folder(Path(cfg.out))
         return cfg, None, notes
     if not values.get("out"):
         raise ConfigError("--resume needs --out RUN (the run folder to continue)")
@@ -34,6 +51,9 @@ def resolve_config(argv, cuda: bool, source_side: int | None = None) -> tuple[Tr
     except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
         raise ConfigError(f"--resume: {last} is not a readable gzfast checkpoint ({first_line(exc)}); "
                           f"start a new run with another --out") from None
+    if source_side is None:
+        found = packed_side(values.get("shards", saved.get("shards", TrainConfig.shards)))
+        side = {} if found is None else {"source_side": found}
     return config_from_dict({**saved, **values}).resolve(cuda, **side), state, []
 
 

@@ -209,8 +209,6 @@ def open_catalog(args, setup: Setup) -> Source:
     tree, kaggle = setup.loaded.tree, setup.loaded.data.kaggle
     file_column = args.file_column or tree.file_column
     reader = CatalogReader(path, args.id_column or tree.id_column, file_column, images, True if kaggle else None)
-    if file_column is not None and not args.file_column and file_column not in reader.names():
-        reader.file_column = None  # the tree's file column is not there: images are named by id
     reader.scan()
     if not reader.rows:
         raise InferenceError(f"--catalog {path}: the catalogue has no rows")

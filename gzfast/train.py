@@ -291,7 +291,8 @@ class Trainer:
     def fit(self, state: RunState) -> int:
         """Trains from `state` to the last epoch; returns the exit code (128 + signal when stopped)."""
         cfg = self.cfg
-        self._announce()
+        if self.is_main:
+            announce(cfg, self.accelerator, self.t, self.data, self.notes)
         if state.epoch >= cfg.epochs:
             if self.is_main:
                 print(f"{self.run_dir}: already trained for {cfg.epochs} epochs; nothing to do")
@@ -319,21 +320,6 @@ class Trainer:
             write_summary(self.run_dir, self.log.epochs(), self.val_paths, self.data.paths("train"), self.tree.n, cfg.plot)
         return 0
 
-    def _announce(self):
-        if not self.is_main:
-            return
-        config = {**self.cfg.to_dict(), "world_size": self.accelerator.num_processes,
-                  "per_process_batch": self.t.micro_batch, "data": DataFacts.of(self.data).to_record(), "command": command_line(),
-                  "commit": code_commit()}  # the launch facts (config.LAUNCH_FACTS) beside the config
-        write_atomic(self.run_dir / "config.json", json.dumps(config, indent=1) + "\n")
-        print("config: " + json.dumps({k: v for k, v in config.items() if k != "data"}), flush=True)
-        print(f"data: {self.data.root}: {self.tree.name} tree ({self.tree.n} answers), labels from "
-              f"{'vote counts' if self.data.has_counts else 'vote fractions'}, {self.data.image_side} px images", flush=True)
-        print(f"processes {self.accelerator.num_processes}, device {self.accelerator.device}, "
-              f"micro-batch {self.t.micro_batch} x grad-accum {self.cfg.grad_accum}", flush=True)
-        for note in self.notes + self.t.notes:
-            print(note, flush=True)
-
     def measure_ceiling(self) -> float | None:
         """The compute ceiling (gzfast.ceiling): the step on synthetic tensors, its effects undone."""
         t, acc = self.t, self.accelerator
@@ -346,6 +332,21 @@ class Trainer:
             print(ceiling.expected_epoch_line(rate, self.data.samples("train", stage.tiers), acc.device.type == "cuda"),
                   flush=True)
         return rate
+
+
+def announce(cfg: TrainConfig, acc, t: Training, data: PackedSet, notes: list[str]):
+    """RUN/config.json (the config with the launch facts, config.LAUNCH_FACTS, beside it) and the start-up
+    lines: what is trained on what, where, and the choices made for this machine."""
+    config = {**cfg.to_dict(), "world_size": acc.num_processes, "per_process_batch": t.micro_batch,
+              "data": DataFacts.of(data).to_record(), "command": command_line(), "commit": code_commit()}
+    write_atomic(Path(cfg.out) / "config.json", json.dumps(config, indent=1) + "\n")
+    print("config: " + json.dumps({k: v for k, v in config.items() if k != "data"}), flush=True)
+    print(f"data: {data.root}: {data.tree.name} tree ({data.tree.n} answers), labels from "
+          f"{'vote counts' if data.has_counts else 'vote fractions'}, {data.image_side} px images", flush=True)
+    print(f"processes {acc.num_processes}, device {acc.device}, micro-batch {t.micro_batch} x grad-accum "
+          f"{cfg.grad_accum}", flush=True)
+    for note in notes + t.notes:
+        print(note, flush=True)
 
 
 def validation_report(outputs: np.ndarray, labels: np.ndarray, counts: np.ndarray | None, cfg: TrainConfig, tree,
@@ -457,8 +458,9 @@ def write_summary(run_dir: Path, epochs: list[dict], val_paths: list[str], train
 def train(argv=None) -> int:
     """Resolves the config, takes the run folder and trains."""
     try:
-        cfg, resume, notes = resolve_config(argv, torch.cuda.is_available())
-        with run_lock(Path(cfg.out), is_main=int(os.environ.get("RANK", "0")) == 0):
+        is_main = int(os.environ.get("RANK", "0")) == 0
+        cfg, resume, notes = resolve_config(argv, torch.cuda.is_available(), is_main=is_main)
+        with run_lock(Path(cfg.out), is_main=is_main):
             trainer = Trainer(cfg, resume, notes)
             acc = trainer.accelerator
             state = RunState.from_checkpoint(resume, acc.process_index, acc.num_processes) if resume else RunState()

@@ -152,6 +152,8 @@ OUTPUTS = [
                                              images_to(c, c.tmp / "link.csv"))[1], "not a plain file"),
     ("rejects-list-is-foreign", "predict", lambda c: (text(c.tmp / "out.rejected.csv", "x,y\n"), images_to(c, c.out))[1],
      "rejected-files list"),
+    ("rejects-list-is-shared", "predict", lambda c: (foreign_parquet(c.tmp / "out.parquet", "predict"),
+                                                    images_to(c, c.out))[1], "would share the rejected-files list"),
     ("parts-folder-is-foreign", "predict", lambda c: (text(c.tmp / "out.csv.parts" / "todo.txt"), images_to(c, c.out))[1],
      "was not written by predict"),
     ("embed-out-is-a-prediction", "embed", lambda c: images_to(c, text(c.tmp / "p.csv", "GalaxyID,a_fraction\n")),

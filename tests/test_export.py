@@ -115,7 +115,8 @@ def test_plain_timm_loads_the_export_and_gives_the_runs_logits_and_outputs(tree_
         loaded = load_model_dir(exported, CPU)
         assert torch.equal(loaded.model(x), want) and not loaded.model.training
         assert (loaded.cfg.model, loaded.cfg.head, loaded.cfg.image_size, loaded.cfg.crop_size) == ("convnext_atto", "tree", 32, 128)
-        assert list(loaded.tree.columns) == list(schema.COLUMNS) and (loaded.image_side, loaded.fit, loaded.epoch) == (424, None, 1)
+        assert list(loaded.tree.columns) == list(schema.COLUMNS)
+    assert (loaded.data.image_side, loaded.data.fit, loaded.epoch) == (424, None, 1)
 
 
 def test_the_model_card_gives_the_runs_recorded_figures(tree_run, exported, synth_shards):

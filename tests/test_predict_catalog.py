@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -214,6 +215,20 @@ def test_rows_without_a_usable_image_are_listed_with_their_reason(gz2_run, small
     assert reasons["cat.csv:7"][1] == "empty id" and reasons["cat.csv:8"] == ("5", "no image file named")
     assert len([line for line in captured.err.splitlines() if line.startswith("predict: skipped cat.csv:")]) == 6
     assert "6 file(s) rejected" in captured.out.strip().splitlines()[-1]
+
+
+def test_a_parquet_id_column_with_a_null_keeps_every_other_id_exact(gz2_run, small_images, tmp_path):
+    """A null in an int64 Parquet id column: numpy would read the column as floats and write ids that lost
+    their last digits; the null row is rejected and every other id comes back exact, as pack reads them."""
+    ids = [587722981741363294, None, 587722981741363301]
+    cat = small_images[0].parent / "nulls.parquet"
+    pq.write_table(pa.table({"dr7objid": pa.array(ids, pa.int64()),
+                             "file_loc": [p.name for p in small_images[:3]]}), cat)
+    out = tmp_path / "p.parquet"
+    assert run_predict(gz2_run, "--catalog", cat, "--out", out) == 0
+    assert pq.read_table(out).column("dr7objid").to_pylist() == [ids[0], ids[2]]
+    rejected = list(csv.DictReader(io.StringIO((tmp_path / "p.rejected.csv").read_text())))
+    assert [(r["id"], r["reason"]) for r in rejected] == [("", "empty id")]
 
 
 # --- chunks, resuming, refusing other settings -----------------------------------------------------

@@ -51,3 +51,28 @@ def test_a_two_question_tree_of_ones_own_trains_with_the_tree_head(ring_merger_s
     model.load_state_dict(state["model"])
     out = model.eval()(torch.randn(3, 3, 32, 32)).detach().numpy()
     assert np.allclose(out[:, 0] + out[:, 1], 1, atol=1e-5) and np.allclose(out[:, 2] + out[:, 3], 1, atol=1e-5)
+
+
+def test_the_crop_defaults_to_the_central_half_of_the_packed_side_and_is_checked_against_it(tmp_path, capsys):
+    """A set packed at 128 px: the default crop is 64 px (the study's 212 of 424), and a crop that cannot
+    rotate inside 128 px is refused in one line before anything trains."""
+    from shard_tools.pack import CatalogSpec, PackOptions, pack_catalog
+    from shard_tools.synth import synthesize
+    from shard_tools.trees import load_tree
+
+    from helpers import REPO
+    synthesize(tmp_path / "cat", 60, seed=2, workers=1, progress=False, layout="ring-merger")
+    shards = tmp_path / "shards"
+    pack_catalog(CatalogSpec(tmp_path / "cat" / "catalog.csv", tmp_path / "cat" / "images",
+                             load_tree(REPO / "docs/examples/ring-merger.yaml"), side=128), shards,
+                 PackOptions(shard_size=16, val_fraction=0.2), workers=1, progress=False)
+    flags = [f for f in TINY if f not in ("--crop-size", "128")]
+    run = tmp_path / "run"
+    assert main(["--shards", str(shards), "--out", str(run), *flags, "--epochs", "1"]) == 0
+    assert json.loads((run / "config.json").read_text())["crop_size"] == 64
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert main(["--shards", str(shards), "--out", str(refused), *flags, "--epochs", "1", "--crop-size", "100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train: error: crop_size 100") and "128 px image" in err[0], err
+    assert not refused.exists()

@@ -119,7 +119,9 @@ class CatalogReader:
             if self.kind == "parquet":
                 import pyarrow.parquet as pq
                 for batch in pq.ParquetFile(self.path).iter_batches(batch_size=READ_ROWS, columns=cols):
-                    yield batch.to_pandas()
+                    # Arrow types keep int64 ids exact where a column has nulls (numpy would make them floats),
+                    # as pack reads them
+                    yield batch.to_pandas(types_mapper=pd.ArrowDtype)
                 return
             yield from pd.read_csv(self.path, usecols=cols, dtype=str, keep_default_na=False, chunksize=READ_ROWS,
                                    encoding="utf-8-sig")
