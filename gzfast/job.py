@@ -148,14 +148,18 @@ class TableSpec:
 
 
 def rejects_path(out) -> Path:
-    return Path(out).with_suffix(".rejected.csv")  # submission.csv -> submission.rejected.csv
+    """submission.csv -> submission.rejected.csv; preds.parquet -> preds.parquet.rejected.csv, so that a CSV
+    and a Parquet output of one stem keep a list each."""
+    out = Path(out)
+    return out.with_suffix(".rejected.csv") if out.suffix == ".csv" else out.with_name(out.name + ".rejected.csv")
 
 
 def check_rejects_are_ours(out: Path, rejects: Path):
-    """Two outputs of one stem (preds.csv, preds.parquet) would share one rejected-files list, and each
-    would replace or clean up the other's: refused."""
+    """Two outputs that would still share one list (preds.csv and a suffix-less preds) would replace or
+    clean up each other's: refused."""
     for other in (out.with_suffix(s) for s in (".csv", ".parquet", "")):
-        if other != out and other.is_file() and any(written_by(other, c) for c in ("predict", "embed")):
+        if other != out and rejects_path(other) == rejects and other.is_file() and \
+                any(written_by(other, c) for c in ("predict", "embed")):
             raise InferenceError(f"--out {out}: {other} beside it would share the rejected-files list {rejects.name}; "
                                  f"choose another --out name (or another folder)")
 

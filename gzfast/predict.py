@@ -11,7 +11,7 @@ What it writes (Parquet when --out ends in .parquet, CSV otherwise):
 Every galaxy is predicted exactly once as the mean over K views (`gzfast.tta`) of the head's outputs; the
 fractions come from that mean. Work goes in chunks (--chunk galaxies), each written as it completes: an
 interrupted command run again continues after the last complete chunk. Files it cannot use are named on
-stderr and listed in `<out stem>.rejected.csv`. Under `accelerate launch` each process predicts its share
+stderr and listed in `<stem>.rejected.csv` (`<name>.rejected.csv` for Parquet). Under `accelerate launch` each process predicts its share
 of the chunks; the output is the one a single process writes.
 """
 from __future__ import annotations

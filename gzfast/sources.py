@@ -71,8 +71,9 @@ def _shard_paths(path: str, split: str | None) -> tuple[list[str], PackedSet | N
     p = Path(path)
     if not p.is_dir():
         if p.name == "test" and (p.parent / "manifest.json").is_file():  # pack writes no test/ without test images
-            raise InferenceError(f"--shards {p}: no test shards in {p.parent}, it was packed without test images "
-                                 f"(images_test_rev1/); pack them, or predict a folder of JPEGs with --images DIR")
+            raise InferenceError(f"--shards {p}: no test shards in {p.parent}, it was packed without test images (a "
+                                 f"catalogue packs train and val only); predict its val split with --shards {p.parent} "
+                                 f"--split val, or the images themselves with --catalog FILE or --images DIR")
         raise InferenceError(f"--shards {p}: no such folder; pass OUT/test of a packed set (make shards)")
     root = p if (p / "manifest.json").is_file() else p.parent if (p.parent / "manifest.json").is_file() else None
     if root is None:
@@ -80,9 +81,8 @@ def _shard_paths(path: str, split: str | None) -> tuple[list[str], PackedSet | N
             raise InferenceError(f"--split {split}: {p} is not a packed set (no manifest.json); pass its root")
         return sorted(str(t) for t in p.glob("*.tar")), None
     if root != p and p.name != split:
-        hint = f"pass {root / 'test'}" + (f", or --shards {root} --split {p.name}" if p.name in ("val", "train") else "")
-        raise InferenceError(f"--shards {p}: the {p.name} folder of {root} holds no test shards (they are labelled "
-                             f"{p.name} data); {hint}")
+        other = f", or --shards {root} --split {p.name} for its {p.name} shards" if p.name in ("val", "train", "test") else ""
+        raise InferenceError(f"--shards {p}: the {p.name} folder of {root} holds no {split} shards; pass {root / split}{other}")
     data = PackedSet.open(root)
     return data.paths(split), data
 

@@ -25,6 +25,7 @@ from gzfast import evaluate as evaluate_mod
 from gzfast import predict as predict_mod
 from gzfast import tta
 from shard_tools.layout import PackedSet, index_path
+from shard_tools.schema import CSV_HEADER
 
 MAINS = {"predict": predict_mod.main, "embed": embed_mod.main, "evaluate": evaluate_mod.main}
 
@@ -152,7 +153,7 @@ OUTPUTS = [
                                              images_to(c, c.tmp / "link.csv"))[1], "not a plain file"),
     ("rejects-list-is-foreign", "predict", lambda c: (text(c.tmp / "out.rejected.csv", "x,y\n"), images_to(c, c.out))[1],
      "rejected-files list"),
-    ("rejects-list-is-shared", "predict", lambda c: (foreign_parquet(c.tmp / "out.parquet", "predict"),
+    ("rejects-list-is-shared", "predict", lambda c: (text(c.tmp / "out", ",".join(CSV_HEADER) + "\n"),
                                                     images_to(c, c.out))[1], "would share the rejected-files list"),
     ("parts-folder-is-foreign", "predict", lambda c: (text(c.tmp / "out.csv.parts" / "todo.txt"), images_to(c, c.out))[1],
      "was not written by predict"),

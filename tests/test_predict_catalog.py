@@ -227,7 +227,7 @@ def test_a_parquet_id_column_with_a_null_keeps_every_other_id_exact(gz2_run, sma
     out = tmp_path / "p.parquet"
     assert run_predict(gz2_run, "--catalog", cat, "--out", out) == 0
     assert pq.read_table(out).column("dr7objid").to_pylist() == [ids[0], ids[2]]
-    rejected = list(csv.DictReader(io.StringIO((tmp_path / "p.rejected.csv").read_text())))
+    rejected = list(csv.DictReader(io.StringIO((tmp_path / "p.parquet.rejected.csv").read_text())))
     assert [(r["id"], r["reason"]) for r in rejected] == [("", "empty id")]
 
 
