@@ -20,7 +20,7 @@ from shard_tools.errors import run_command
 
 from .inference_args import add_inference_args, add_source_args, common_setup
 from .job import Ranks, TableSpec, table_command
-from .sources import open_source
+from .sources import check_source_args, open_source
 
 PROG = "embed"
 
@@ -47,6 +47,7 @@ def feature_table(ids: list, id_column: str, id_type: pa.DataType, features: np.
 
 def embed(args) -> int:
     ranks = Ranks()
+    check_source_args(args)  # before the model load: a slip in the flags costs nothing
     setup = common_setup(args, ranks.device, what="features", announce=ranks.main)
     source = open_source(args, setup)
     width = setup.predictor.width

@@ -29,7 +29,7 @@ from shard_tools.schema import CSV_HEADER
 from .inference import InferenceError
 from .inference_args import add_inference_args, add_source_args, common_setup
 from .job import Ranks, TableSpec, table_command
-from .sources import open_source
+from .sources import check_source_args, open_source
 
 PROG = "predict"
 
@@ -85,6 +85,7 @@ def prediction_spec(setup, source) -> TableSpec:
 
 def predict(args) -> int:
     ranks = Ranks()
+    check_source_args(args)  # before the model load: a slip in the flags costs nothing
     setup = common_setup(args, ranks.device, announce=ranks.main)
     source = open_source(args, setup)
     return table_command(args, prediction_spec(setup, source), setup, source, ranks)

@@ -49,6 +49,7 @@ class Source:
     inputs: list[str]              # files and folders it reads (never an output)
     chunks: Callable[[list[int]], Iterator[tuple[int, Chunk]]]   # (k, chunk k) for the wanted k, in order
     rejected_header: str = "file,reason"
+    reader: str = "pil threads"    # what decodes: the run's --loader for shards; files are read by PIL threads
 
     @property
     def chunk_count(self) -> int:
@@ -149,7 +150,7 @@ def open_shards(args, setup: Setup) -> Source:
                    "set": data.fingerprint if data is not None else None, "split": split}
     id_column = data.id_column if data is not None else tree.id_column
     return Source(f"--shards {args.shards}", id_column, pa.string() if names else pa.int64(), sizes, fingerprint,
-                  [] if is_remote(args.shards) else paths, chunks)
+                  [] if is_remote(args.shards) else paths, chunks, reader=setup.loader)
 
 
 # --- images that were never packed -------------------------------------------------------------------
@@ -221,20 +222,25 @@ def open_catalog(args, setup: Setup) -> Source:
                   rejected_header="id,file,reason")
 
 
-def open_source(args, setup: Setup) -> Source:
-    """The source the flags name: exactly one of --shards, --images (alone) or --catalog."""
+def check_source_args(args):
+    """The source flags on their own, checked before the model is loaded (a slip costs no model load)."""
     if args.chunk < 1:
         raise InferenceError(f"--chunk {args.chunk} must be >= 1")
     if args.split and not args.shards:
         raise InferenceError("--split goes with --shards OUT (a packed set)")
     if (args.id_column or args.file_column) and not args.catalog:
         raise InferenceError("--id-column/--file-column go with --catalog FILE")
+    if args.shards and args.images:
+        raise InferenceError("--images goes alone (a folder of images) or with --catalog, not with --shards")
+    if not (args.shards or args.catalog or args.images):
+        raise InferenceError("give what to read: --shards OUT/test, --images DIR or --catalog FILE")
+
+
+def open_source(args, setup: Setup) -> Source:
+    """The source the flags name: exactly one of --shards, --images (alone) or --catalog."""
+    check_source_args(args)
     if args.shards:
-        if args.images:
-            raise InferenceError("--images goes alone (a folder of images) or with --catalog, not with --shards")
         return open_shards(args, setup)
     if args.catalog:
         return open_catalog(args, setup)
-    if args.images:
-        return open_folder(args, setup)
-    raise InferenceError("give what to read: --shards OUT/test, --images DIR or --catalog FILE")
+    return open_folder(args, setup)

@@ -156,6 +156,7 @@ def test_wrong_header_stops_with_a_clear_error(bad_set, tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_verify_names_the_shard_and_sample_that_is_wrong(synth_shards, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(synth_shards, out)

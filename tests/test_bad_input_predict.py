@@ -243,6 +243,7 @@ def test_force_uses_the_checkpoint_s_own_config_and_evaluates_other_shards(ctx, 
     assert json.loads((ctx.run / "eval.json").read_text())["shards"].endswith("repacked")
 
 
+@pytest.mark.slow
 def test_evaluate_replaces_its_own_report_and_figure(ctx, capsys):
     args = ["--run", str(ctx.run), "--tta", "1", "--loader", "pil"]
     assert evaluate_mod.main(args) == 0 and evaluate_mod.main(args) == 0
@@ -353,3 +354,17 @@ def test_a_fifo_among_the_images_is_rejected_by_its_type_and_never_read(ctx, cap
         signal.signal(signal.SIGALRM, old)
     rejected = pd.read_csv(ctx.tmp / "out.rejected.csv").set_index("file")["reason"]
     assert rejected["123.jpg"] == "not a regular file (a FIFO)" and len(pd.read_csv(ctx.out)) == 3
+
+
+@pytest.mark.parametrize("prog, flags, message", [
+    ("predict", ["--chunk", "0"], "--chunk 0"),
+    ("embed", ["--split", "val"], "--split goes with"),
+    ("predict", [], "give what to read"),
+])
+def test_source_flags_are_checked_before_the_model_is_loaded(prog, flags, message, tmp_path, capsys):
+    # the run does not exist: had the model been loaded first, the error would name the run instead
+    missing_run = tmp_path / "no-such-run"
+    sources = [] if message == "give what to read" else ["--images", str(tmp_path)]
+    assert MAINS[prog](["--run", str(missing_run), *sources, *flags, "--out", str(tmp_path / "o.csv")]) == 2
+    check_one_line(prog, capsys, message, prog)
+    assert str(missing_run) not in capsys.readouterr().err

@@ -166,6 +166,7 @@ def test_run_control_flags_are_not_part_of_the_saved_config():
     (["--loaders", "ffcv"], "unknown loader"),
     (["--config", "/nowhere.yaml"], "file not found"),
 ])
+@pytest.mark.slow
 def test_bad_benchmark_input_is_one_line(args, message, synth_shards):
     full = args if "--shards" in args else ["--shards", str(synth_shards), *args]
     res = subprocess.run([sys.executable, "benchmarks/epoch_time.py", "--quick", *full], cwd=REPO, capture_output=True,
@@ -175,6 +176,7 @@ def test_bad_benchmark_input_is_one_line(args, message, synth_shards):
     assert err[-1].startswith("epoch_time: error: ") and message in err[-1], res.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(synth_shards, tmp_path,
                                                                                          monkeypatch, capsys):
     """The second epoch's checkpoint write fails with ENOSPC: one line naming the file and the cause, no temp
@@ -202,6 +204,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_during_training_is_one_line_and_keeps_the_last_checkpoint(synth_shards, tmp_path, monkeypatch,
                                                                                    capsys):
     """The first Ctrl-C asks for a checkpoint at the next step; a second one stops at once: one line, exit 130,

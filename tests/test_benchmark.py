@@ -10,6 +10,7 @@ import pytest
 from helpers import REPO
 
 
+@pytest.mark.slow
 def test_epoch_time_writes_a_table_with_provenance(synth_shards, tmp_path):
     res = subprocess.run(
         [sys.executable, "benchmarks/epoch_time.py", "--shards", str(synth_shards), "--quick", "--image-size", "32",
@@ -43,6 +44,7 @@ def run_benchmark(*args, timeout=600):
     return res.returncode, res.stdout, errors, int(peak)
 
 
+@pytest.mark.slow
 def test_a_batch_size_of_zero_is_one_line_not_the_default(tmp_path):
     code, _, errors, _ = run_benchmark("--batch-size", "0", "--out", str(tmp_path))
     assert code == 2 and errors == ["epoch_time.py: error: argument --batch-size: must be >= 1, got 0 "
@@ -50,6 +52,7 @@ def test_a_batch_size_of_zero_is_one_line_not_the_default(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_recipe_that_cannot_fit_is_refused_in_one_line_before_anything_is_allocated(synth_shards, tmp_path):
     code, _, errors, peak = run_benchmark("--shards", str(synth_shards), "--what", "synthetic", "--batch-size", "65536",
                                           "--image-size", "448", "--out", str(tmp_path))
@@ -59,6 +62,7 @@ def test_a_recipe_that_cannot_fit_is_refused_in_one_line_before_anything_is_allo
     assert peak < 3 * 2**30 and not list(tmp_path.iterdir())  # the 150 GiB batch was never allocated
 
 
+@pytest.mark.slow
 def test_nothing_measured_is_an_error_and_writes_no_result(synth_shards, tmp_path):
     """Every loader skipped (no full batch of 512 in the set): one line, exit 2, no empty result file."""
     code, out, errors, _ = run_benchmark("--shards", str(synth_shards), "--what", "loaders", "--loaders", "pil",

@@ -229,6 +229,7 @@ sys.meta_path.insert(0, NoTorch())
 """
 
 
+@pytest.mark.slow
 def test_pack_runs_where_torch_cannot_be_imported(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

@@ -72,6 +72,7 @@ def test_saved_config_round_trips():
     assert again == c
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_config_clearly(tmp_path):
     res = subprocess.run([sys.executable, "gzfast/train.py", "--loader", "ffcv", "--shards", str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True)

@@ -76,6 +76,7 @@ def test_eval_outputs_agree_between_dali_and_pil_on_real_jpegs(real_shards):
 
 
 @pytest.mark.parametrize("name", CPU_LOADERS)
+@pytest.mark.slow
 def test_eval_reads_every_sample_exactly_once_on_one_and_two_ranks(name, synth_shards):
     m = manifest_of(synth_shards)
     paths = m.paths("train") + m.paths("val")
@@ -120,6 +121,7 @@ def test_train_ranks_get_disjoint_equal_length_slices(name, synth_shards):
 
 
 @pytest.mark.parametrize("name", CPU_LOADERS)
+@pytest.mark.slow
 def test_tiers_are_mixed_from_the_start_of_an_epoch(name, mid_shards):
     """Shards 100 samples, shuffle buffer 64 of a 1,275-sample epoch (production: 4,096 of ~55,000)."""
     m = manifest_of(mid_shards)
@@ -237,6 +239,7 @@ def geometry_shards(tmp_path_factory):
 @pytest.mark.parametrize("name", CPU_LOADERS)
 @pytest.mark.parametrize("image_size, crop_size, zoom, shift", [(48, 128, 0.0, 0.0), (224, 212, 0.0, 0.0),
                                                                  (40, 150, 0.15, 0.1)])
+@pytest.mark.slow
 def test_train_rotation_is_uniform_and_never_leaves_blank_corners(name, image_size, crop_size, zoom, shift,
                                                                    geometry_shards):
     kw = dict(train=True, batch_size=16, image_size=image_size, crop_size=crop_size, zoom=zoom, shift=shift,
@@ -264,6 +267,7 @@ def test_train_rotation_is_uniform_and_never_leaves_blank_corners(name, image_si
 
 
 @pytest.mark.parametrize("name", CPU_LOADERS)
+@pytest.mark.slow
 def test_padded_eval_batches_have_one_shape_and_every_sample_once(name, synth_shards):
     m = manifest_of(synth_shards)
     loader = make_loader(name, m.paths("val"), train=False, batch_size=16, image_size=32, workers=2,

@@ -302,6 +302,7 @@ def test_log_with_a_missing_tracker_package_is_one_line(synth_shards, tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_log_with_tensorboard_logs_the_metrics_fields(synth_shards, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -86,6 +86,7 @@ def run_card_code(folder: Path, monkeypatch) -> dict:
     return names
 
 
+@pytest.mark.slow
 def test_plain_timm_loads_the_export_and_gives_the_runs_logits_and_outputs(tree_run, exported, monkeypatch):
     assert sorted(p.name for p in exported.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((exported / "config.json").read_text())

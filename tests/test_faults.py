@@ -37,6 +37,7 @@ def test_a_corrupt_shard_in_a_two_process_run_is_named_on_every_rank(synth_shard
     assert f"{tar}: sample {key} does not decode" in lines[0] and "shard_tools verify" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(synth_shards, tmp_path, monkeypatch, capsys):
     real_save, saves = torch.save, []
 

@@ -97,6 +97,7 @@ def test_the_dry_form_writes_every_stage_as_it_ends(checkout, tmp_path):
     assert len(returned) <= 8 and all(RETURNED_NAME.match(p.name) and p.is_file() for p in returned)
 
 
+@pytest.mark.slow
 def test_a_stage_that_does_not_fit_the_budget_is_recorded_as_skipped(checkout, tmp_path):
     out = tmp_path / "out"
     res, _ = run_check(checkout, "--quick", "--budget-s", "1", "--out", str(out))
@@ -110,6 +111,7 @@ def test_a_stage_that_does_not_fit_the_budget_is_recorded_as_skipped(checkout, t
     assert verdict.count("skipped: budget") == len(STAGE_FILES) - 1 and not (checkout / "data").exists()
 
 
+@pytest.mark.slow
 def test_without_dali_or_a_bundle_it_stops_in_one_line_within_seconds(checkout, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.mkdir()
@@ -138,6 +140,7 @@ def fake_bundle(folder: Path):
         (folder / f"p{k}").write_bytes(packed[cut[k]:cut[k + 1]])
 
 
+@pytest.mark.slow
 def test_a_carried_dali_bundle_is_unpacked_and_the_check_restarts_on_it(checkout, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.mkdir()

@@ -76,6 +76,7 @@ print(peak() - before)
 """
 
 
+@pytest.mark.slow
 def test_the_estimate_covers_what_two_real_steps_take():
     """Two real AdamW steps in a fresh process: the estimate is of the order of their peak resident memory
     above the built model. Usually above it (0.31-0.36 GiB measured against 0.6 estimated), but the same

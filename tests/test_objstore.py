@@ -101,6 +101,7 @@ def test_a_push_that_stops_half_way_leaves_no_valid_set(s3, synth_shards, monkey
 
 
 @pytest.mark.parametrize("loader", ["dali-cpu", "pil"])
+@pytest.mark.slow
 def test_an_epoch_from_s3_is_the_epoch_from_the_local_copy(s3, synth_shards, loader):
     def epoch(root):
         kw = dict(train=True, batch_size=16, image_size=32, crop_size=128, seed=3, epoch=1, workers=1)
@@ -113,6 +114,7 @@ def test_an_epoch_from_s3_is_the_epoch_from_the_local_copy(s3, synth_shards, loa
         assert torch.equal(ia, ib) and torch.equal(la, lb) and torch.equal(xa, xb)
 
 
+@pytest.mark.slow
 def test_the_trainer_reads_s3_and_writes_no_credential(s3, tmp_path):
     run = tmp_path / "run"
     assert main(["--shards", s3, "--out", str(run), *TINY, "--loader", "dali-cpu", "--epochs", "1"]) == 0
@@ -133,6 +135,7 @@ def test_a_missing_object_is_named(s3, synth_shards, tmp_path, capsys):
     assert res.returncode == 1 and "shard file missing" in res.stderr
 
 
+@pytest.mark.slow
 def test_wrong_credentials_an_unreachable_and_a_silent_store_end_in_one_line(s3, synth_shards, monkeypatch):
     proc, strict = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})  # checks every key: ours is unknown there
     try:
@@ -159,6 +162,7 @@ def test_wrong_credentials_an_unreachable_and_a_silent_store_end_in_one_line(s3,
         assert time.time() - t0 < 15
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_read_s3(s3, synth_shards, tmp_path):
     """A run trained on the s3:// set predicts its test shards and evaluates its val shards from there, with
     the ids of the local copy."""

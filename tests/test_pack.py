@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from shard_tools import schema
 from shard_tools.layout import MANIFEST
@@ -123,6 +124,7 @@ def test_rerun_does_nothing_and_option_change_rebuilds(synth_data, tmp_path, cap
     assert verify(out) == []
 
 
+@pytest.mark.slow
 def test_killed_pack_resumes_to_a_sound_set(synth_data, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "shard_tools", "pack", "--data", str(synth_data), "--out", str(out),

@@ -30,6 +30,7 @@ def make_run(folder: Path, lines: list) -> Path:
 GOOD = [{"kind": "step", "epoch": 1, "step": 2, "loss": 0.1}, epoch(1, "high"), epoch(2), epoch(3)]
 
 
+@pytest.mark.slow
 def test_plot_marks_its_png_and_replaces_only_its_own(tmp_path, capsys):
     a, b = make_run(tmp_path / "runs" / "a", GOOD), make_run(tmp_path / "runs" / "b", GOOD[:2])
     assert main([str(a)]) == 0

@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from shard_tools import schema
@@ -32,6 +33,7 @@ def test_synthetic_images_look_like_the_kaggle_ones(synth_data):
     assert pix[170:254, 170:254].mean() > pix[:60, :60].mean()  # the galaxy sits in the middle
 
 
+@pytest.mark.slow
 def test_labels_follow_the_rendered_morphology():
     renderer = Renderer(0)
     rows = np.array([make_galaxy(100_000 + i, 3, renderer)[1] for i in range(300)])

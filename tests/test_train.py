@@ -47,6 +47,7 @@ def tier_ids(shards: Path) -> dict[int, str]:
     return out
 
 
+@pytest.mark.slow
 def test_plain_run_writes_config_metrics_checkpoints_and_plot(synth_shards, tmp_path, capsys):
     run = tmp_path / "plain"
     assert main(tiny(synth_shards, run, "--epochs", "2")) == 0
@@ -74,6 +75,7 @@ def test_plain_run_writes_config_metrics_checkpoints_and_plot(synth_shards, tmp_
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_curriculum_first_stage_reads_only_high_tier(synth_shards, tmp_path, monkeypatch):
     seen: dict[int, list[int]] = {}
     real = train_mod.make_loader
@@ -106,6 +108,7 @@ def test_curriculum_first_stage_reads_only_high_tier(synth_shards, tmp_path, mon
     assert samples[0] < samples[1] < samples[2]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_named(synth_shards, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_mod, "mse", lambda pred, target: (pred.float() * float("nan")).mean())
     assert main(tiny(synth_shards, tmp_path / "nan", "--epochs", "1", "--no-plot")) == 3
@@ -113,6 +116,7 @@ def test_nan_loss_stops_with_the_step_named(synth_shards, tmp_path, monkeypatch,
     assert "loss became nan in steps 1-2 of epoch 1" in err and "lower --lr" in err
 
 
+@pytest.mark.slow
 def test_frozen_stages_keep_the_pretrained_weights(synth_shards, tmp_path):
     torch.manual_seed(3)
     source = timm.create_model("convnext_atto", num_classes=1000)
@@ -238,6 +242,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
     path = tmp_path / "last.pt"
     for delay in (0.05, 0.23, 0.41):
@@ -263,6 +268,7 @@ def test_a_small_run_learns_well_beyond_the_mean(mid_shards, tmp_path):
     assert summary["ratio"] <= LEARNING_BOUND, summary
 
 
+@pytest.mark.slow
 def test_compiled_model_never_recompiles_after_the_first_train_and_eval_steps(synth_shards, tmp_path, monkeypatch):
     """torch.compile with a counting backend (cheap, CPU): every graph is compiled in epoch 1 (train and
     eval, including validation's padded last batch); epochs 2 and 3 add none."""
@@ -291,6 +297,7 @@ def test_compiled_model_never_recompiles_after_the_first_train_and_eval_steps(sy
     assert batches == {16}  # one batch shape, train and eval
 
 
+@pytest.mark.slow
 def test_resumed_learning_rates_come_from_the_config_and_logs_name_the_right_group(synth_shards, tmp_path):
     """A cosine schedule leaves the optimizer's groups at a scaled LR: a resumed run must start from the
     configured base LRs, not scale the scaled ones again; the logged lr_backbone is the backbone's."""

@@ -3,6 +3,7 @@ Dirichlet-multinomial loss, and a two-question tree of a user's own with string 
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from gzfast import checkpoint as ckpt
@@ -18,6 +19,7 @@ def epochs(run):
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
 
 
+@pytest.mark.slow
 def test_dirichlet_on_gz2_vote_counts_reports_rmse_and_nll_per_question_of_that_tree(gz2_count_shards, tmp_path):
     tree = PackedSet.open(gz2_count_shards).tree
     run = tmp_path / "run"
@@ -36,6 +38,7 @@ def test_dirichlet_on_gz2_vote_counts_reports_rmse_and_nll_per_question_of_that_
     assert state["model"]["backbone.fc.weight"].shape[0] == tree.n  # one output per answer of the tree
 
 
+@pytest.mark.slow
 def test_a_two_question_tree_of_ones_own_trains_with_the_tree_head(ring_merger_shards, tmp_path):
     data = PackedSet.open(ring_merger_shards)
     assert data.id_kind == "string" and data.tree.n == 4
@@ -53,6 +56,7 @@ def test_a_two_question_tree_of_ones_own_trains_with_the_tree_head(ring_merger_s
     assert np.allclose(out[:, 0] + out[:, 1], 1, atol=1e-5) and np.allclose(out[:, 2] + out[:, 3], 1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_crop_defaults_to_the_central_half_of_the_packed_side_and_is_checked_against_it(tmp_path, capsys):
     """A set packed at 128 px: the default crop is 64 px (the study's 212 of 424), and a crop that cannot
     rotate inside 128 px is refused in one line before anything trains."""
