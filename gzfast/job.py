@@ -181,7 +181,7 @@ def table_command(args, spec: TableSpec, setup, source: Source, ranks: Ranks) ->
     loaded, out = setup.loaded, Path(args.out)
     rejects = rejects_path(out)
     settings = {"command": spec.prog, "checkpoint": loaded.digest, "source": source.fingerprint, "tta": args.tta,
-                "batch_size": setup.batch_size, "loader": source.reader, "precision": setup.predictor.precision,
+                "batch_size": setup.batch_size, "loader": setup.loader, "precision": setup.predictor.precision,
                 "compiled": setup.predictor.compiled, "chunk": args.chunk, "rows": spec.describe,
                 "format": "parquet" if is_parquet(out) else "csv"}
     table = ChunkedTable(out, spec.prog, settings, spec.sort_key)

@@ -49,7 +49,6 @@ class Source:
     inputs: list[str]              # files and folders it reads (never an output)
     chunks: Callable[[list[int]], Iterator[tuple[int, Chunk]]]   # (k, chunk k) for the wanted k, in order
     rejected_header: str = "file,reason"
-    reader: str = "pil threads"    # what decodes: the run's --loader for shards; files are read by PIL threads
 
     @property
     def chunk_count(self) -> int:
@@ -150,7 +149,7 @@ def open_shards(args, setup: Setup) -> Source:
                    "set": data.fingerprint if data is not None else None, "split": split}
     id_column = data.id_column if data is not None else tree.id_column
     return Source(f"--shards {args.shards}", id_column, pa.string() if names else pa.int64(), sizes, fingerprint,
-                  [] if is_remote(args.shards) else paths, chunks, reader=setup.loader)
+                  [] if is_remote(args.shards) else paths, chunks)
 
 
 # --- images that were never packed -------------------------------------------------------------------

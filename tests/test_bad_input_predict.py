@@ -367,4 +367,3 @@ def test_source_flags_are_checked_before_the_model_is_loaded(prog, flags, messag
     sources = [] if message == "give what to read" else ["--images", str(tmp_path)]
     assert MAINS[prog](["--run", str(missing_run), *sources, *flags, "--out", str(tmp_path / "o.csv")]) == 2
     check_one_line(prog, capsys, message, prog)
-    assert str(missing_run) not in capsys.readouterr().err

@@ -262,8 +262,7 @@ def test_an_interrupted_prediction_continues_after_its_last_complete_chunk(gz2_r
     one_line_error(capsys, "other settings", "checkpoint: ")
     assert sorted(p.name for p in parts.iterdir()) == [".lock", "chunk-000000.parquet", "settings.json"]
     monkeypatch.setattr(ChunkedTable, "write", real_write)
-    # --loader does not apply to a catalogue (PIL threads read its files), so it is no setting of this output
-    assert run_predict(gz2_run, *args, "--out", out, "--loader", "dali-cpu") == 0
+    assert run_predict(gz2_run, *args, "--out", out) == 0
     assert "1 of 3 chunk(s) already done" in capsys.readouterr().out
     assert pd.read_parquet(out).equals(pd.read_parquet(ref)) and not parts.exists()
     assert pq.read_schema(out).metadata == pq.read_schema(ref).metadata
