@@ -1,4 +1,8 @@
 """Loaders on CPU: the batch contract, eval agreement, exactly-once, tier mixing, determinism."""
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -9,7 +13,7 @@ from gzfast.loaders import IMAGENET_MEAN, IMAGENET_STD, LoaderError, interleave_
 from shard_tools import schema
 from shard_tools.layout import PackedSet
 
-from helpers import csv_labels, read_shard_samples
+from helpers import REPO, csv_labels, read_shard_samples
 
 CPU_LOADERS = ["dali-cpu", "pil"]
 STD255 = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
@@ -332,3 +336,43 @@ def test_the_pil_stream_does_not_depend_on_the_worker_count(synth_shards):
     for ids, imgs in streams[1:]:
         assert ids == streams[0][0] and torch.equal(imgs, streams[0][1])
     assert sorted(streams[0][0]) != streams[0][0]  # shuffled
+
+
+# A DALI pipeline left as uncollected garbage (in a reference cycle) when the pil loader forks its workers:
+# collected inside a worker, its shutdown would wait forever for threads that exist only in the parent. This
+# hung CI once (a dali-cpu test, then a pil one, in one process); the worker here collects on every read.
+FORKED_AFTER_DALI = """
+import gc, sys
+from gzfast.loaders import make_loader
+from gzfast.loaders import pil
+from shard_tools.layout import PackedSet
+paths = PackedSet.open(sys.argv[1]).paths("train")
+kw = dict(train=True, batch_size=8, image_size=32, crop_size=128, seed=3, epoch=1, workers=1)
+gc.disable()  # so the garbage is still there when the workers fork
+dali = make_loader("dali-cpu", paths, **kw)
+batches = iter(dali)
+next(batches)
+cycle = {"loader": dali, "batches": batches}
+cycle["self"] = cycle
+del dali, batches, cycle
+read = pil._IndexedSamples.__getitem__
+def collect_then_read(self, i):
+    gc.collect()
+    return read(self, i)
+pil._IndexedSamples.__getitem__ = collect_then_read
+print("pil epoch of", sum(1 for _ in make_loader("pil", paths, **kw)), "batches")
+"""
+
+
+@pytest.mark.slow
+def test_pil_workers_forked_beside_a_dali_pipeline_s_garbage_finish_their_epoch(synth_shards):
+    proc = subprocess.Popen([sys.executable, "-c", FORKED_AFTER_DALI, str(synth_shards)], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the loader and its forked worker
+        proc.communicate()
+        pytest.fail("the pil epoch hung: a forked worker finalized the parent's DALI pipeline")
+    assert proc.returncode == 0 and "pil epoch of" in out, err[-2000:]

@@ -6,6 +6,7 @@ GalaxyID), so the stream depends on neither the worker count nor scheduling.
 """
 from __future__ import annotations
 
+import gc
 import io
 import math
 import os
@@ -196,7 +197,7 @@ class PILLoader:
         options = self.dataloader_options()
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batches, **options)
         s = self.spec
-        for b in _reraise_as_loader_error(loader):
+        for b in _reraise_as_loader_error(_start_workers(loader)):
             valid = None
             if s.pad_last_batch:  # a fixed shape: repeat the last sample, say how many rows are real
                 valid, short = len(b["ids"]), s.batch_size - len(b["ids"])
@@ -207,6 +208,19 @@ class PILLoader:
             labels = b["labels"].to(s.device, non_blocking=True) if "labels" in b else None
             counts = b["counts"].to(s.device, non_blocking=True) if "counts" in b else None
             yield Batch(images=normalize_on_device(b["images"], s), labels=labels, ids=b["ids"], valid=valid, counts=counts)
+
+
+def _start_workers(loader):
+    """The DataLoader's batches, its workers forked with every object they inherit frozen out of their garbage
+    collector: an unreachable object the parent had not yet collected (a DALI pipeline of an earlier loader, in
+    a reference cycle) would otherwise be finalized in the worker, and a pipeline's shutdown there waits
+    forever for threads that exist only in the parent."""
+    gc.freeze()
+    try:
+        batches = iter(loader)  # the workers fork here
+    finally:
+        gc.unfreeze()  # the parent collects as before
+    yield from batches
 
 
 def _reraise_as_loader_error(batches):
